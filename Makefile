@@ -1,0 +1,29 @@
+# Everything a fresh machine needs: `make test` and `make demo` build the venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint types unit demo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests scripts
+	$(BIN)/ruff format --check app tests scripts
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+test: lint types
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .cache build dist
