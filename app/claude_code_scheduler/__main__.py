@@ -1,0 +1,3 @@
+from claude_code_scheduler.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""A stand-in for `claude -p --output-format stream-json` used by mock mode.
+
+It prints the shape of a real session (a system init line, assistant lines
+that echo the prompt, a result line), padded to the requested size and spread
+over the requested duration, and exits with the requested code. Running it as
+a real child process keeps mock mode on the same path as real mode: process
+group, deadline, signals, pipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+MAX_ASSISTANT_LINES = 10
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _assistant(session_id: str, model: str, text: str) -> bytes:
+    return _line(
+        {
+            "type": "assistant",
+            "message": {
+                "id": f"msg_mock_{uuid.uuid4().hex[:20]}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": None,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            },
+            "parent_tool_use_id": None,
+            "session_id": session_id,
+        }
+    )
+
+
+def session_lines(prompt: str, model: str, output_bytes: int, exit_code: int) -> list[bytes]:
+    session_id = str(uuid.uuid4())
+    reply = f"Mock reply to: {prompt}"
+    init = _line(
+        {
+            "type": "system",
+            "subtype": "init",
+            "cwd": os.getcwd(),
+            "session_id": session_id,
+            "tools": ["Bash", "Edit", "Read", "Write"],
+            "model": model,
+            "permissionMode": "default",
+            "apiKeySource": "none",
+        }
+    )
+    result: dict[str, Any] = {
+        "type": "result",
+        "subtype": "success" if exit_code == 0 else "error_during_execution",
+        "is_error": exit_code != 0,
+        "duration_ms": 0,
+        "duration_api_ms": 0,
+        "num_turns": 1,
+        "session_id": session_id,
+        "total_cost_usd": 0.0,
+    }
+    if exit_code == 0:
+        result["result"] = reply
+    else:
+        result["errors"] = [f"mock run failed with exit code {exit_code}"]
+    first = _assistant(session_id, model, reply)
+    fixed = len(init) + len(first) + len(_line(result))
+    padding = _padding_lines(session_id, model, output_bytes - fixed)
+    return [init, first, *padding, _line(result)]
+
+
+def _padding_lines(session_id: str, model: str, budget: int) -> list[bytes]:
+    """Assistant lines whose total size comes as close to `budget` as it can."""
+    empty = len(_assistant(session_id, model, ""))
+    count = min(MAX_ASSISTANT_LINES, max(0, budget // (empty + 1)))
+    lines = []
+    for index in range(count):
+        share = budget // (count - index)
+        lines.append(_assistant(session_id, model, "." * max(0, share - empty)))
+        budget -= len(lines[-1])
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mock-claude")
+    parser.add_argument("--duration", type=float, default=1.0)
+    parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--output-bytes", type=int, default=2000)
+    parser.add_argument("--model", default="mock")
+    parser.add_argument("prompt")
+    args = parser.parse_args(argv)
+    lines = session_lines(args.prompt, args.model, args.output_bytes, args.exit_code)
+    pause = args.duration / len(lines)
+    out = sys.stdout.buffer
+    for line in lines:
+        time.sleep(pause)
+        out.write(line)
+        out.flush()
+    if args.exit_code:
+        sys.stderr.write(f"mock run failed with exit code {args.exit_code}\n")
+    return int(args.exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

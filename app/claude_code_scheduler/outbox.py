@@ -1,0 +1,172 @@
+"""The event outbox: every event goes to the bus in order, through outages.
+
+One thread publishes, so events leave in the order they were stamped (and the
+events of a run in the order the run produced them). A transient failure keeps
+the event at the head of the outbox and is retried with tenacity until the bus
+takes it; only `close` with a passed deadline gives up, because a stopping node
+must still exit inside its stop timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import tenacity
+
+from claude_code_scheduler.aws import BusClient, error_code
+from claude_code_scheduler.protocol import Event, encode_event
+from claude_code_scheduler.retry import through_outage
+
+log = logging.getLogger(__name__)
+
+# Output waits for the bus once this much is queued, so a slow bus slows the
+# run's pipe down instead of growing the node's memory.
+MAX_PENDING_OUTPUT_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Delivery:
+    """What became of one event; `wait` returns True once the bus took it."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+
+    def settle(self, ok: bool) -> None:
+        self.ok = ok
+        self.done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout) and self.ok
+
+
+@dataclass
+class _Pending:
+    event: Event
+    body: str
+    attributes: dict[str, str]
+    delivery: Delivery
+    is_output: bool
+
+
+class Outbox:
+    def __init__(
+        self,
+        bus: BusClient,
+        node_id: str,
+        node_name: str,
+        *,
+        max_pending_output_bytes: int = MAX_PENDING_OUTPUT_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._bus = bus
+        self._node_id = node_id
+        self._node_name = node_name
+        self._max_pending_output = max_pending_output_bytes
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._sequence = 0
+        self._pending_output = 0
+        self._closed = False
+        self._deadline: float | None = None
+        self._give_up = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def publish(
+        self,
+        event: Event,
+        *,
+        backpressure: bool = False,
+        cancel: threading.Event | None = None,
+    ) -> Delivery:
+        """Queue an event. With `backpressure`, first wait while too much output
+        is queued (until `cancel` is set)."""
+        delivery = Delivery()
+        with self._cond:
+            while (
+                backpressure
+                and self._pending_output > self._max_pending_output
+                and not self._closed
+                and not (cancel and cancel.is_set())
+            ):
+                self._cond.wait(0.2)
+            if self._closed:
+                log.debug("bus closed; not publishing %s", event.event_type)
+                delivery.settle(False)
+                return delivery
+            self._sequence += 1
+            body = encode_event(event.body(self._node_id, self._node_name, self._sequence))
+            item = _Pending(event, body, event.attributes(self._node_id), delivery, backpressure)
+            if backpressure:
+                self._pending_output += len(body)
+            self._queue.append(item)
+            self._cond.notify_all()
+        return delivery
+
+    def close(self, deadline: float) -> None:
+        """Accept nothing more; publish what is queued until `deadline` (monotonic)."""
+        with self._cond:
+            self._closed = True
+            self._deadline = deadline
+            self._cond.notify_all()
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            self._give_up.set()
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, remaining))
+        if self._thread.is_alive():
+            self._give_up.set()
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                item = self._queue[0]
+            ok = self._send(item)
+            with self._cond:
+                self._queue.popleft()
+                if item.is_output:
+                    self._pending_output -= len(item.body)
+                self._cond.notify_all()
+            item.delivery.settle(ok)
+
+    def _send(self, item: _Pending) -> bool:
+        retrying = through_outage(
+            "publishing to the control bus", interrupt=self._give_up, stop=self._past_deadline
+        )
+        try:
+            retrying(
+                self._bus.publish,
+                item.body,
+                item.attributes,
+                group=self._node_id,
+                dedup=item.event.event_id,
+            )
+        except Exception as exc:
+            log.error(
+                "dropped %s event: %s",
+                item.event.event_type,
+                error_code(exc),
+                extra={"event_type": item.event.event_type, "run_id": item.event.run_id},
+            )
+            return False
+        log.debug("published %s", item.event.event_type, extra={"run_id": item.event.run_id})
+        return True
+
+    def _past_deadline(self, state: tenacity.RetryCallState) -> bool:
+        if self._give_up.is_set():
+            return True
+        with self._cond:
+            return self._deadline is not None and self._clock() >= self._deadline

@@ -1,0 +1,86 @@
+"""Start-up checks that need the outside world: the queue and the Claude CLI.
+
+Each failure becomes a ConfigError naming the option, so the command line can
+print one line and exit 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import botocore.exceptions
+import tenacity
+
+from claude_code_scheduler.aws import QueueClient, error_code, is_transient
+from claude_code_scheduler.config import ConfigError
+
+_MISSING_QUEUE = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "UnrecognizedClientException",
+        "InvalidAccessKeyId",
+        "ExpiredToken",
+    }
+)
+CLI_VERSION_TIMEOUT_SECONDS = 30
+
+
+def check_queue(queue: QueueClient, attempts: int = 3) -> int:
+    """GetQueueAttributes, retried through a short outage; returns the queue's
+    visibility timeout, which sizes the lease steps."""
+    try:
+        visibility: int = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=2),
+            stop=tenacity.stop_after_attempt(attempts),
+            reraise=True,
+        )(queue.visibility_timeout)
+    except botocore.exceptions.NoCredentialsError:
+        raise ConfigError(
+            "no AWS credentials found: use an IAM role, --profile, or AWS_ACCESS_KEY_ID "
+            "and AWS_SECRET_ACCESS_KEY"
+        ) from None
+    except botocore.exceptions.ClientError as exc:
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message") or code
+        if code in _MISSING_QUEUE:
+            raise ConfigError(f"--queue-url: the queue {queue.url} does not exist") from None
+        if code in _DENIED:
+            raise ConfigError(f"--queue-url: access denied ({code}): {message}") from None
+        raise ConfigError(f"--queue-url: GetQueueAttributes failed ({code}): {message}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ConfigError(f"--queue-url: cannot reach the queue: {exc}") from None
+    return visibility
+
+
+def check_claude(claude_bin: str) -> tuple[str, str]:
+    """The CLI's full path and its version line."""
+    path = shutil.which(claude_bin)
+    if path is None:
+        raise ConfigError(
+            f"--claude-bin: {claude_bin!r} was not found or is not executable "
+            "(install @anthropic-ai/claude-code or use --mock-mode)"
+        )
+    try:
+        done = subprocess.run(
+            [path, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=CLI_VERSION_TIMEOUT_SECONDS,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"--claude-bin: {path} --version failed: {exc}") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise ConfigError(
+            f"--claude-bin: {path} --version exited {done.returncode}"
+            + (f": {detail[-1]}" if detail else "")
+        )
+    return path, (done.stdout.strip().splitlines() or ["unknown"])[0]
