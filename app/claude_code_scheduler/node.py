@@ -220,6 +220,7 @@ class Node:
                 self._leases.hold(run_id, message)
                 self._start_run(command, message.receive_count)
         if start is None:
+            log.info("stopping: released a message for other nodes", extra={"run_id": run_id})
             self._leases.release_message(message.receipt_handle, run_id)
         elif start is False:
             log.info("duplicate delivery of a finished run; deleting", extra={"run_id": run_id})

@@ -1,0 +1,31 @@
+"""Helpers shared by every suite: schema validation of protocol messages."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jsonschema
+
+from claude_code_scheduler.protocol import EVENT_TYPES, load_schema
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@functools.cache
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(load_schema(name))
+
+
+def assert_valid_event(event: dict[str, Any]) -> None:
+    """Every event a test sees must match the schema shipped for its type."""
+    event_type = event.get("event_type")
+    assert event_type in EVENT_TYPES, f"unknown event type {event_type!r}"
+    errors = sorted(validator(str(event_type)).iter_errors(event), key=str)
+    assert not errors, f"{event_type} does not match its schema: {errors[0].message}"
+
+
+def assert_valid_command(command: dict[str, Any]) -> None:
+    errors = sorted(validator("RunTask").iter_errors(command), key=str)
+    assert not errors, f"RunTask does not match its schema: {errors[0].message}"
