@@ -136,12 +136,18 @@ class Stack:
             self.poll_events()
 
     def wait_event(
-        self, event_type: str, run_id: str | None = None, node_id: str | None = None, timeout: float = 30.0
+        self,
+        event_type: str,
+        run_id: str | None = None,
+        node_id: str | None = None,
+        timeout: float = 30.0,
     ) -> dict[str, Any]:
         return self.wait_for(
-            lambda e: e["event_type"] == event_type
-            and (run_id is None or e["data"].get("run_id") == run_id)
-            and (node_id is None or e["node_id"] == node_id),
+            lambda e: (
+                e["event_type"] == event_type
+                and (run_id is None or e["data"].get("run_id") == run_id)
+                and (node_id is None or e["node_id"] == node_id)
+            ),
             timeout,
         )
 
@@ -149,7 +155,8 @@ class Stack:
         return [
             e
             for e in self.events
-            if e["event_type"] == event_type and (run_id is None or e["data"].get("run_id") == run_id)
+            if e["event_type"] == event_type
+            and (run_id is None or e["data"].get("run_id") == run_id)
         ]
 
     def drain_events(self, seconds: float = 2.0) -> None:
@@ -160,7 +167,9 @@ class Stack:
     # --- the rest -------------------------------------------------------------
 
     def log_text(self, run_id: str) -> bytes:
-        return bytes(self.s3.get_object(Bucket=self.bucket, Key=f"logs/{run_id}.log")["Body"].read())
+        return bytes(
+            self.s3.get_object(Bucket=self.bucket, Key=f"logs/{run_id}.log")["Body"].read()
+        )
 
     def queue_counts(self) -> tuple[int, int]:
         attrs = self.sqs.get_queue_attributes(
@@ -185,7 +194,9 @@ def make_stack(endpoint: str, visibility_timeout: int = 30) -> Stack:
 
     def arn(url: str) -> str:
         return str(
-            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
         )
 
     sns.subscribe(

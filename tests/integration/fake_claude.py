@@ -40,7 +40,9 @@ def record() -> None:
         )
 
 
-def result(text: str | None, *, is_error: bool = False, subtype: str = "success", **extra: object) -> None:
+def result(
+    text: str | None, *, is_error: bool = False, subtype: str = "success", **extra: object
+) -> None:
     line: dict[str, object] = {
         "type": "result",
         "subtype": subtype,
@@ -75,7 +77,12 @@ def main() -> int:
         result("API Error: 529 overloaded", is_error=True)
         return 0
     if mode == "max-turns":
-        result(None, is_error=True, subtype="error_max_turns", errors=["Reached maximum number of turns (2)"])
+        result(
+            None,
+            is_error=True,
+            subtype="error_max_turns",
+            errors=["Reached maximum number of turns (2)"],
+        )
         return 1
     if mode == "stderr-only":
         sys.stderr.write("error: unknown option '--bogus'\n")

@@ -18,7 +18,9 @@ def test_mock_run_publishes_every_event_and_archives_the_log(stack, start_node):
     assert data["ecs"] is None
     assert registered["_attributes"] == {"event_type": "NodeRegistered", "node_id": node.node_id}
 
-    cmd = command(name="greeting", task_id="t-1", mock={"duration_seconds": 3, "output_bytes": 6000})
+    cmd = command(
+        name="greeting", task_id="t-1", mock={"duration_seconds": 3, "output_bytes": 6000}
+    )
     stack.send(cmd)
     run_id = cmd["run_id"]
     completed = stack.wait_event("TaskCompleted", run_id)
@@ -46,9 +48,7 @@ def test_mock_run_publishes_every_event_and_archives_the_log(stack, start_node):
     assert result["result"]["is_error"] is False
 
     # Heartbeats keep coming during the run, and say so.
-    busy = [
-        e for e in stack.of("NodeHeartbeat") if e["data"]["status"] == "busy"
-    ]
+    busy = [e for e in stack.of("NodeHeartbeat") if e["data"]["status"] == "busy"]
     assert busy and all(e["data"]["running"] == [run_id] for e in busy)
 
     # The command is deleted once the run is over.
@@ -119,8 +119,9 @@ def test_invalid_commands_fail_and_are_deleted(stack, start_node):
         stack.send(body)
     for body, (fragment, run_id) in bad.items():
         event = stack.wait_for(
-            lambda e, f=fragment: e["event_type"] == "TaskFailed"
-            and f in e["data"]["error"]["message"]
+            lambda e, f=fragment: (
+                e["event_type"] == "TaskFailed" and f in e["data"]["error"]["message"]
+            )
         )
         data = event["data"]
         assert data["error"]["type"] == "InvalidCommand", body

@@ -19,8 +19,10 @@ def run_fake(stack, start_node, fake_claude, tmp_path, mode, node_env=None, **ta
     cmd = command(env=env, **task)
     stack.send(cmd)
     terminal = stack.wait_for(
-        lambda e: e["event_type"] in ("TaskCompleted", "TaskFailed")
-        and e["data"]["run_id"] == cmd["run_id"]
+        lambda e: (
+            e["event_type"] in ("TaskCompleted", "TaskFailed")
+            and e["data"]["run_id"] == cmd["run_id"]
+        )
     )
     seen = json.loads(record.read_text()) if record.exists() else None
     return node, cmd, terminal, seen
@@ -87,7 +89,10 @@ def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fak
 def test_is_error_with_exit_zero_is_a_failure(stack, start_node, fake_claude, tmp_path):
     _, _, terminal, _ = run_fake(stack, start_node, fake_claude, tmp_path, "is-error-exit-0")
     assert terminal["event_type"] == "TaskFailed"
-    assert terminal["data"]["error"] == {"type": "ClaudeError", "message": "API Error: 529 overloaded"}
+    assert terminal["data"]["error"] == {
+        "type": "ClaudeError",
+        "message": "API Error: 529 overloaded",
+    }
     assert terminal["data"]["exit_code"] == 0
 
 
@@ -162,4 +167,6 @@ def test_missing_cli_fails_start_up(stack, start_node, tmp_path):
     node = start_node(stack, "--claude-bin", str(tmp_path / "nope" / "claude"))
     assert node.wait(30) == 2
     lines = node.stderr.strip().splitlines()
-    assert lines == [f"error: --claude-bin: '{tmp_path / 'nope' / 'claude'}' was not found or is not executable (install @anthropic-ai/claude-code or use --mock-mode)"]
+    assert lines == [
+        f"error: --claude-bin: '{tmp_path / 'nope' / 'claude'}' was not found or is not executable (install @anthropic-ai/claude-code or use --mock-mode)"
+    ]

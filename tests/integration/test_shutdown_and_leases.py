@@ -35,7 +35,9 @@ def test_idle_sigterm_deregisters_fast_and_hides_nothing(stack_factory, start_no
     # Well inside the 60 s visibility timeout: the first node released it.
     assert started["_seen_at"] - signalled < 20
     assert not [
-        e for e in stack.events if e["node_id"] == first.node_id and e["sequence"] > gone["sequence"]
+        e
+        for e in stack.events
+        if e["node_id"] == first.node_id and e["sequence"] > gone["sequence"]
     ]
     # The poll in flight at the signal brought the message back, and the node
     # made it visible at once instead of sitting on it.

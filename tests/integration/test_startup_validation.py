@@ -1,0 +1,209 @@
+"""Start-up problems end in exit status 2 and one line that names the option."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.conftest import CREDENTIALS, free_port
+
+GOOD_TOPIC = "arn:aws:sns:us-east-1:123456789012:control-bus"
+
+
+def run_cli(args, env_extra=None, timeout=60):
+    env = {"PATH": "/usr/bin:/bin", **CREDENTIALS, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "claude_code_scheduler", "node", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_line_error(done, *fragments):
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        ([], ["--queue-url is required", "CLAUDE_NODE_QUEUE_URL"]),
+        (["--queue-url", "http://localhost:4566/000000000000/q"], ["--topic-arn is required"]),
+        (
+            ["--queue-url", "ftp://x/1/q", "--topic-arn", GOOD_TOPIC, "--log-bucket", "logs"],
+            ["--queue-url", "not an http(s) SQS queue URL"],
+        ),
+        (
+            [
+                "--queue-url",
+                "https://sqs.us-east-1.amazonaws.com/q",
+                "--topic-arn",
+                GOOD_TOPIC,
+                "--log-bucket",
+                "logs",
+            ],
+            ["--queue-url", "<account-id>/<queue-name>"],
+        ),
+        (
+            [
+                "--queue-url",
+                "http://localhost:4566/000000000000/q",
+                "--topic-arn",
+                "arn:aws:sqs:us-east-1:1:x",
+                "--log-bucket",
+                "logs",
+            ],
+            ["--topic-arn", "not an SNS topic ARN"],
+        ),
+        (
+            [
+                "--queue-url",
+                "http://localhost:4566/000000000000/q",
+                "--topic-arn",
+                GOOD_TOPIC,
+                "--log-bucket",
+                "Bad_Bucket",
+            ],
+            ["--log-bucket", "not a valid bucket name"],
+        ),
+        (
+            [
+                "--queue-url",
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/q",
+                "--topic-arn",
+                GOOD_TOPIC,
+                "--log-bucket",
+                "logs",
+            ],
+            ["--region", "eu-west-1", "us-east-1"],
+        ),
+        (
+            [
+                "--queue-url",
+                "http://localhost:4566/000000000000/q",
+                "--topic-arn",
+                GOOD_TOPIC,
+                "--log-bucket",
+                "logs",
+                "--region",
+                "eu-west-1",
+            ],
+            ["--region", "eu-west-1", "us-east-1"],
+        ),
+        (
+            [
+                "--queue-url",
+                "http://localhost:4566/000000000000/q",
+                "--topic-arn",
+                GOOD_TOPIC,
+                "--log-bucket",
+                "logs",
+                "--heartbeat-interval",
+                "0.5",
+            ],
+            ["--heartbeat-interval", "at least 1"],
+        ),
+        (
+            [
+                "--queue-url",
+                "http://localhost:4566/000000000000/q",
+                "--topic-arn",
+                GOOD_TOPIC,
+                "--log-bucket",
+                "logs",
+                "--poll-wait-seconds",
+                "21",
+            ],
+            ["--poll-wait-seconds", "1 to 20"],
+        ),
+        (
+            [
+                "--queue-url",
+                "http://localhost:4566/000000000000/q",
+                "--topic-arn",
+                GOOD_TOPIC,
+                "--log-bucket",
+                "logs",
+                "--heartbeat-interval",
+                "often",
+            ],
+            ["--heartbeat-interval", "not a valid float"],
+        ),
+    ],
+)
+def test_bad_options(args, fragments):
+    assert_one_line_error(run_cli(args), *fragments)
+
+
+def test_options_come_from_the_environment():
+    done = run_cli(
+        [],
+        {
+            "CLAUDE_NODE_QUEUE_URL": "http://localhost:4566/000000000000/q",
+            "CLAUDE_NODE_TOPIC_ARN": GOOD_TOPIC,
+            "CLAUDE_NODE_LOG_BUCKET": "logs",
+            "CLAUDE_NODE_HEARTBEAT_INTERVAL": "0",
+        },
+    )
+    assert_one_line_error(done, "--heartbeat-interval")
+
+
+def test_emulator_queue_urls_are_valid_and_the_endpoint_is_checked():
+    port = free_port()  # nothing listens here
+    for queue_url in (
+        f"http://localhost:{port}/000000000000/q",
+        f"http://sqs.us-east-1.localhost.localstack.cloud:{port}/000000000000/q",
+    ):
+        done = run_cli(
+            [
+                "--queue-url",
+                queue_url,
+                "--topic-arn",
+                GOOD_TOPIC,
+                "--log-bucket",
+                "logs",
+                "--mock-mode",
+            ],
+            {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"},
+        )
+        assert_one_line_error(done, "--queue-url: cannot reach the queue")
+
+
+def test_queue_that_does_not_exist(stack):
+    missing = stack.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
+    done = run_cli(
+        [
+            "--queue-url",
+            missing,
+            "--topic-arn",
+            stack.topic_arn,
+            "--log-bucket",
+            stack.bucket,
+            "--mock-mode",
+        ],
+        {"AWS_ENDPOINT_URL": stack.endpoint},
+    )
+    assert_one_line_error(done, "--queue-url", "does not exist")
+
+
+def test_per_service_endpoint_variables_work(stack, start_node):
+    # AWS_ENDPOINT_URL points nowhere; the per-service variables must win.
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "AWS_ENDPOINT_URL": dead,
+        "AWS_ENDPOINT_URL_SQS": stack.endpoint,
+        "AWS_ENDPOINT_URL_SNS": stack.endpoint,
+        "AWS_ENDPOINT_URL_S3": stack.endpoint,
+    }
+    node = start_node(stack, "--mock-mode", "--poll-wait-seconds", "1", env=env)
+    stack.wait_event("NodeRegistered", node_id=node.node_id)
