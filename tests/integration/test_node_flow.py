@@ -110,7 +110,8 @@ def test_invalid_commands_fail_and_are_deleted(stack, start_node):
             "run_id must be",
             None,
         ),
-        '{"type": "RunTask", "version": 1, "run_id": "tm", "task": {"prompt": "x", "max_turns": 0}}': (
+        '{"type": "RunTask", "version": 1, "run_id": "tm", '
+        '"task": {"prompt": "x", "max_turns": 0}}': (
             "task.max_turns must be at least 1",
             "tm",
         ),

@@ -30,7 +30,7 @@ def run_fake(stack, start_node, fake_claude, tmp_path, mode, node_env=None, **ta
 
 def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fake_claude, tmp_path):
     node_env = {"CLAUDECODE": "1", "AWS_SESSION_TOKEN": "node-session-token"}
-    node, cmd, terminal, seen = run_fake(
+    node, _, terminal, seen = run_fake(
         stack,
         start_node,
         fake_claude,
@@ -167,6 +167,8 @@ def test_missing_cli_fails_start_up(stack, start_node, tmp_path):
     node = start_node(stack, "--claude-bin", str(tmp_path / "nope" / "claude"))
     assert node.wait(30) == 2
     lines = node.stderr.strip().splitlines()
+    missing = tmp_path / "nope" / "claude"
     assert lines == [
-        f"error: --claude-bin: '{tmp_path / 'nope' / 'claude'}' was not found or is not executable (install @anthropic-ai/claude-code or use --mock-mode)"
+        f"error: --claude-bin: '{missing}' was not found or is not executable "
+        "(install @anthropic-ai/claude-code or use --mock-mode)"
     ]
