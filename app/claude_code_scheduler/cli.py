@@ -19,9 +19,10 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from claude_code_scheduler import __version__, ecs, logsetup
+from claude_code_scheduler import __version__, ecs, health, logsetup
 from claude_code_scheduler.aws import BusClient, LogStore, QueueClient, make_clients
 from claude_code_scheduler.config import (
+    MAX_TASK_TIMEOUT_SECONDS,
     ConfigError,
     NodeConfig,
     parse_queue_url,
@@ -32,6 +33,7 @@ from claude_code_scheduler.config import (
 from claude_code_scheduler.leases import LeaseKeeper
 from claude_code_scheduler.node import Node, registration_data
 from claude_code_scheduler.outbox import Outbox
+from claude_code_scheduler.protection import TaskProtection
 from claude_code_scheduler.startup import check_claude, check_queue
 
 EXIT_OK = 0
@@ -129,6 +131,14 @@ def _default_log_format() -> str:
     help="Where run directories and spooled logs go. Default: <tmp>/claude-code-scheduler.",
 )
 @click.option(
+    "--state-file",
+    envvar="CLAUDE_NODE_STATE_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where the node records its last heartbeat for `healthcheck`. "
+    "Default: <work-dir>/node-state.json.",
+)
+@click.option(
     "--kill-grace",
     envvar="CLAUDE_NODE_KILL_GRACE",
     type=float,
@@ -163,6 +173,10 @@ def node(ctx: click.Context, /, **options: Any) -> None:
     ctx.exit(run_node(options))
 
 
+def default_work_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "claude-code-scheduler"
+
+
 def build_config(options: dict[str, Any], ecs_metadata: dict[str, Any] | None) -> NodeConfig:
     for name in ("queue_url", "topic_arn", "log_bucket"):
         if not options.get(name):
@@ -171,6 +185,7 @@ def build_config(options: dict[str, Any], ecs_metadata: dict[str, Any] | None) -
             raise ConfigError(f"{option} is required (or set CLAUDE_NODE_{env[name]})")
     queue = parse_queue_url(options["queue_url"])
     topic = parse_topic_arn(options["topic_arn"])
+    work_dir = options.get("work_dir") or default_work_dir()
     node_id = options.get("node_id") or (
         ecs.task_id(ecs_metadata) if ecs_metadata else socket.gethostname()
     )
@@ -190,7 +205,8 @@ def build_config(options: dict[str, Any], ecs_metadata: dict[str, Any] | None) -
         shutdown_timeout=options["shutdown_timeout"],
         poll_wait_seconds=options["poll_wait_seconds"],
         claude_bin=options["claude_bin"],
-        work_dir=options.get("work_dir") or Path(tempfile.gettempdir()) / "claude-code-scheduler",
+        work_dir=work_dir,
+        state_file=options.get("state_file") or health.default_state_file(work_dir),
         kill_grace=options["kill_grace"],
     )
 
@@ -219,6 +235,8 @@ def run_node(options: dict[str, Any]) -> int:
         outbox=outbox,
         logs=LogStore(clients.s3, config.log_bucket),
         leases=LeaseKeeper(queue, visibility_timeout),
+        # A task may ask for up to the SQS maximum, whatever --task-timeout says.
+        protection=TaskProtection.from_environment(os.environ, MAX_TASK_TIMEOUT_SECONDS),
         registration=registration_data(
             config,
             hostname=socket.gethostname(),
@@ -234,6 +252,29 @@ def run_node(options: dict[str, Any]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     return worker.run()
+
+
+@cli.command()
+@click.option(
+    "--state-file",
+    envvar="CLAUDE_NODE_STATE_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The node's state file. Default: <work-dir>/node-state.json.",
+)
+@click.option(
+    "--work-dir",
+    envvar="CLAUDE_NODE_WORK_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The node's work root, when --state-file is not given.",
+)
+def healthcheck(state_file: Path | None, work_dir: Path | None) -> None:
+    """Exit 0 if the node here heartbeated within 3 intervals, else 1."""
+    path = state_file or health.default_state_file(work_dir or default_work_dir())
+    result = health.check(path)
+    click.echo(("healthy: " if result.healthy else "unhealthy: ") + result.reason)
+    raise SystemExit(EXIT_OK if result.healthy else EXIT_FAILURE)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -144,6 +144,7 @@ class NodeConfig:
     poll_wait_seconds: int = MAX_POLL_WAIT_SECONDS
     claude_bin: str = "claude"
     work_dir: Path = Path("/tmp/claude-code-scheduler")  # noqa: S108 - the CLI passes its own
+    state_file: Path = Path("/tmp/claude-code-scheduler/node-state.json")  # noqa: S108
     # Seconds between SIGTERM to the CLI and SIGKILL to its process group.
     kill_grace: float = 5.0
 

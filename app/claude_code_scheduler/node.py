@@ -31,10 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from claude_code_scheduler import health
 from claude_code_scheduler.aws import LogStore, QueueClient, ReceivedMessage, error_code
 from claude_code_scheduler.config import NodeConfig
 from claude_code_scheduler.leases import LeaseKeeper
 from claude_code_scheduler.outbox import Outbox
+from claude_code_scheduler.protection import TaskProtection
 from claude_code_scheduler.protocol import (
     ErrorType,
     Event,
@@ -85,9 +87,11 @@ class Node:
         logs: LogStore,
         leases: LeaseKeeper,
         registration: dict[str, Any],
+        protection: TaskProtection | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
+        self._protection = protection or TaskProtection(None, 1)
         self._queue = queue
         self._outbox = outbox
         self._logs = logs
@@ -123,6 +127,7 @@ class Node:
         self._outbox.start()
         self._outbox.publish(Event("NodeRegistered", self._registration))
         log.info("node registered", extra={"node_id": self._config.node_id})
+        self._write_state("idle")
         self._leases.start()
         self._heartbeat.start()
         self._poller.start()
@@ -145,6 +150,7 @@ class Node:
             )
         )
         self._outbox.close(self._clock() + FINAL_PUBLISH_SECONDS)
+        self._write_state("deregistered")
         log.info("node deregistered")
         # boto3 cannot cancel a long poll; abandoning it would hide what it
         # returns for a whole visibility timeout, so wait for it to come back.
@@ -259,8 +265,13 @@ class Node:
         self._active[command.run_id] = _ActiveRun(thread, control)
         thread.start()
 
+    def _busy(self) -> bool:
+        with self._lock:
+            return bool(self._active)
+
     def _run_thread(self, run: TaskRun) -> None:
         completed = handed_back = False
+        self._protection.sync(self._busy)
         try:
             report = run.execute()
             completed, handed_back = report.completed, report.handed_back
@@ -281,12 +292,31 @@ class Node:
                 else:
                     self._stats.failed += 1
                 self._lock.notify_all()
+            self._protection.sync(self._busy)
 
     # --- heartbeats -------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
         while not self._heartbeat_stop.wait(self._config.heartbeat_interval):
-            self._outbox.publish(Event("NodeHeartbeat", self.heartbeat()))
+            beat = self.heartbeat()
+            self._outbox.publish(Event("NodeHeartbeat", beat))
+            self._write_state(beat["status"])
+
+    def _write_state(self, status: str) -> None:
+        """The health check's view of this node; a failure to write is logged,
+        and shows up as an unhealthy container rather than a dead node."""
+        try:
+            health.write_state(
+                self._config.state_file,
+                {
+                    "node_id": self._config.node_id,
+                    "status": status,
+                    "last_heartbeat": time.time(),
+                    "heartbeat_interval": self._config.heartbeat_interval,
+                },
+            )
+        except OSError as exc:
+            log.warning("could not write the state file: %s", exc)
 
     def heartbeat(self) -> dict[str, Any]:
         with self._lock:
