@@ -21,6 +21,7 @@ from click.core import ParameterSource
 
 from claude_code_scheduler import __version__, ecs, health, logsetup
 from claude_code_scheduler.aws import BusClient, LogStore, QueueClient, make_clients
+from claude_code_scheduler.client_cli import COMMANDS
 from claude_code_scheduler.config import (
     MAX_TASK_TIMEOUT_SECONDS,
     ConfigError,
@@ -275,6 +276,10 @@ def healthcheck(state_file: Path | None, work_dir: Path | None) -> None:
     result = health.check(path)
     click.echo(("healthy: " if result.healthy else "unhealthy: ") + result.reason)
     raise SystemExit(EXIT_OK if result.healthy else EXIT_FAILURE)
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:
