@@ -17,6 +17,8 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from claude_code_scheduler.config import ConfigError
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sns import SNSClient
@@ -67,6 +69,14 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def describe_error(exc: BaseException) -> str:
+    """`Code: message` for an AWS error, the exception's text otherwise."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        message = exc.response.get("Error", {}).get("Message")
+        return f"{error_code(exc)}: {message}" if message else error_code(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
@@ -85,16 +95,22 @@ def make_clients(
 ) -> Clients:
     """All clients in one place. With no `endpoint_url`, botocore itself reads
     AWS_ENDPOINT_URL and the per-service AWS_ENDPOINT_URL_SQS and friends."""
-    session = boto3.Session(profile_name=profile, region_name=region)
+    try:
+        session = boto3.Session(profile_name=profile, region_name=region)
+    except botocore.exceptions.ProfileNotFound:
+        raise ConfigError(f"--profile: no AWS profile named {profile!r}") from None
     config = Config(retries=STANDARD_RETRIES, connect_timeout=5, read_timeout=60)  # type: ignore[arg-type]
     extra: dict[str, Any] = {"config": config}
     if endpoint_url:
         extra["endpoint_url"] = endpoint_url
-    return Clients(
-        sqs=session.client("sqs", **extra),
-        sns=session.client("sns", **extra),
-        s3=session.client("s3", **extra),
-    )
+    try:
+        return Clients(
+            sqs=session.client("sqs", **extra),
+            sns=session.client("sns", **extra),
+            s3=session.client("s3", **extra),
+        )
+    except ValueError as exc:  # botocore's complaint about a malformed endpoint
+        raise ConfigError(f"--endpoint-url: {exc}") from None
 
 
 @dataclass(frozen=True)

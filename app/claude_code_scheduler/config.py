@@ -60,22 +60,22 @@ def parse_queue_url(value: str, option: str = "--queue-url") -> QueueUrl:
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigError(f"{option}: {value!r} is not an http(s) SQS queue URL")
     parts = parsed.path.strip("/").split("/")
-    if len(parts) != 2 or not _ACCOUNT.match(parts[0]) or not _QUEUE_NAME.match(parts[1]):
+    if len(parts) != 2 or not _ACCOUNT.fullmatch(parts[0]) or not _QUEUE_NAME.fullmatch(parts[1]):
         raise ConfigError(
             f"{option}: {value!r} is not a queue URL of the form "
             "https://sqs.<region>.amazonaws.com/<account-id>/<queue-name>"
         )
     host = parsed.hostname
     match = _SQS_HOST_REGION.match(host) or _LEGACY_HOST_REGION.match(host)
-    region = match.group(1) if match and _REGION.match(match.group(1)) else None
+    region = match.group(1) if match and _REGION.fullmatch(match.group(1)) else None
     if region is None and host.endswith(".amazonaws.com"):
         raise ConfigError(f"{option}: cannot read the region from the host {host!r}")
     return QueueUrl(url=value, account=parts[0], name=parts[1], region=region)
 
 
 def parse_topic_arn(value: str, option: str = "--topic-arn") -> TopicArn:
-    match = _TOPIC_ARN.match(value)
-    if not match or not _REGION.match(match.group("region")):
+    match = _TOPIC_ARN.fullmatch(value)
+    if not match or not _REGION.fullmatch(match.group("region")):
         raise ConfigError(
             f"{option}: {value!r} is not an SNS topic ARN of the form "
             "arn:aws:sns:<region>:<account-id>:<topic-name>"
@@ -91,7 +91,7 @@ def parse_topic_arn(value: str, option: str = "--topic-arn") -> TopicArn:
 def validate_bucket(value: str, option: str = "--log-bucket") -> str:
     """S3 general purpose bucket naming rules, as documented by AWS."""
     problem = None
-    if not _BUCKET.match(value):
+    if not _BUCKET.fullmatch(value):
         problem = "must be 3-63 lower-case letters, digits, dots or hyphens"
     elif ".." in value:
         problem = "must not contain two adjacent dots"
@@ -121,7 +121,7 @@ def resolve_region(queue: QueueUrl, topic: TopicArn, region: str | None) -> str:
             raise ConfigError(
                 f"--region: {named[0][0]} says {named[0][1]!r} but {name} says {value!r}"
             )
-    if region is not None and not _REGION.match(region):
+    if region is not None and not _REGION.fullmatch(region):
         raise ConfigError(f"--region: {region!r} is not an AWS region name")
     return named[0][1] or topic.region
 
@@ -146,7 +146,7 @@ class NodeConfig:
     work_dir: Path = Path("/tmp/claude-code-scheduler")  # noqa: S108 - the CLI passes its own
     state_file: Path = Path("/tmp/claude-code-scheduler/node-state.json")  # noqa: S108
     # Seconds between SIGTERM to the CLI and SIGKILL to its process group.
-    kill_grace: float = 5.0
+    kill_grace: float = 3.0
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -163,7 +163,7 @@ class NodeConfig:
                 1 <= self.poll_wait_seconds <= MAX_POLL_WAIT_SECONDS,
                 f"--poll-wait-seconds: must be from 1 to {MAX_POLL_WAIT_SECONDS} (the SQS limit)",
             ),
-            (self.kill_grace >= 0, "kill grace must not be negative"),
+            (self.kill_grace >= 0, "--kill-grace: must not be negative"),
         ]
         for ok, message in checks:
             if not ok:

@@ -26,11 +26,24 @@ from claude_code_scheduler.protocol import RESULT_TEXT_LIMIT, TaskSpec
 
 log = logging.getLogger(__name__)
 
-# The node's own credentials stay with the node: a task's tools must not act as it.
+# The node's own credentials stay with the node: a task's tools must not act as
+# it. These are every way the AWS SDKs find credentials through the environment
+# (keys, a profile, a web identity, the ECS/Fargate container endpoint).
 STRIPPED_ENV_NAMES = frozenset(
-    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"}
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+    }
 )
-STRIPPED_ENV_PREFIXES = ("AWS_CONTAINER_CREDENTIALS_",)
+STRIPPED_ENV_PREFIXES = ("AWS_CONTAINER_CREDENTIALS_", "AWS_CONTAINER_AUTHORIZATION_TOKEN")
 # Set inside a Claude Code session; the CLI refuses to start nested when it sees it.
 NESTED_SESSION_VAR = "CLAUDECODE"
 
@@ -259,11 +272,21 @@ class ProcessRun:
             cancelled=cancelled,
         )
 
-    def _start_reader(self, stream: str, fd: int) -> threading.Thread:
+    def _start_reader(self, stream: str, pipe_fd: int) -> threading.Thread:
+        # The reader owns a duplicate of the pipe and closes it itself: if a
+        # stray process keeps the pipe open past the run, the run can close
+        # its own end without the fd number being reused under a blocked read.
+        fd = os.dup(pipe_fd)
+
         def read() -> None:
-            while data := os.read(fd, READ_SIZE):
-                self._chunks.put((stream, data))
-            self._chunks.put((stream, None))
+            try:
+                while data := os.read(fd, READ_SIZE):
+                    self._chunks.put((stream, data))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+                self._chunks.put((stream, None))
 
         thread = threading.Thread(target=read, name=f"read-{stream}", daemon=True)
         thread.start()

@@ -29,6 +29,7 @@ SECRET_ENV_NAMES = (
 )
 # Values shorter than this are too likely to match ordinary text to redact.
 MIN_SECRET_LENGTH = 6
+MAX_SECRETS = 4096
 CONTEXT_KEYS = ("node_id", "run_id", "message_id", "exit_code", "duration_seconds")
 
 
@@ -36,21 +37,34 @@ class SecretFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self._secrets: set[str] = set()
+        self._permanent: set[str] = set()
+        self._recent: dict[str, None] = {}  # an insertion-ordered set
 
-    def add(self, values: Iterable[str]) -> None:
+    def add(self, values: Iterable[str], *, permanent: bool = False) -> None:
+        """Register values to redact. Task env values arrive with every run,
+        so only the newest MAX_SECRETS of them are kept; the node's own
+        (`permanent`) are kept for good."""
         with self._lock:
-            self._secrets.update(v for v in values if len(v) >= MIN_SECRET_LENGTH)
+            for value in values:
+                if len(value) < MIN_SECRET_LENGTH or value in self._permanent:
+                    continue
+                if permanent:
+                    self._permanent.add(value)
+                else:
+                    self._recent.pop(value, None)
+                    self._recent[value] = None
+            while len(self._recent) > MAX_SECRETS:
+                del self._recent[next(iter(self._recent))]
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in (*self._permanent, *self._recent):
             if secret in text:
                 text = text.replace(secret, "***")
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         with self._lock:
-            if not self._secrets:
+            if not self._permanent and not self._recent:
                 return True
             record.msg = self._scrub(record.getMessage())
             record.args = None
@@ -87,7 +101,7 @@ def configure(verbosity: int, log_format: str, environ: Mapping[str, str]) -> No
         )
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    SECRETS.add(environ[name] for name in SECRET_ENV_NAMES if environ.get(name))
+    SECRETS.add((environ[name] for name in SECRET_ENV_NAMES if environ.get(name)), permanent=True)
     handler.addFilter(SECRETS)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -33,7 +33,7 @@ from typing import Any
 
 from claude_code_scheduler import health
 from claude_code_scheduler.aws import LogStore, QueueClient, ReceivedMessage, error_code
-from claude_code_scheduler.config import NodeConfig
+from claude_code_scheduler.config import ConfigError, NodeConfig
 from claude_code_scheduler.leases import LeaseKeeper
 from claude_code_scheduler.outbox import Outbox
 from claude_code_scheduler.protection import TaskProtection
@@ -50,6 +50,8 @@ from claude_code_scheduler.runs import RunControl, TaskRun
 
 log = logging.getLogger(__name__)
 
+# How long start-up waits for the bus to take NodeRegistered.
+REGISTRATION_SECONDS = 30.0
 # How long the closing events may wait for the bus before the node gives up.
 FINAL_PUBLISH_SECONDS = 5.0
 # Runs remembered after they ended here, so a late duplicate is not run again.
@@ -125,7 +127,16 @@ class Node:
 
     def run(self) -> int:
         self._outbox.start()
-        self._outbox.publish(Event("NodeRegistered", self._registration))
+        registered = self._outbox.publish(
+            Event("NodeRegistered", self._registration), caller_reports_drop=True
+        )
+        if not registered.wait(REGISTRATION_SECONDS):
+            # A node that cannot speak on the bus must not take work: every
+            # run's terminal event would be lost.
+            self._outbox.close(self._clock())
+            raise ConfigError(
+                f"--topic-arn: could not publish NodeRegistered: {registered.error or 'timed out'}"
+            )
         log.info("node registered", extra={"node_id": self._config.node_id})
         self._write_state("idle")
         self._leases.start()
@@ -282,6 +293,8 @@ class Node:
         finally:
             with self._lock:
                 self._active.pop(run.run_id, None)
+                # A duplicate that arrived after the run let go of its lease.
+                late_duplicate = run.run_id in self._leases.held()
                 if not handed_back:
                     # Its message is deleted: a late duplicate is deleted, not run.
                     self._finished[run.run_id] = None
@@ -292,6 +305,8 @@ class Node:
                 else:
                     self._stats.failed += 1
                 self._lock.notify_all()
+            if late_duplicate:
+                (self._leases.release if handed_back else self._leases.finish)(run.run_id)
             self._protection.sync(self._busy)
 
     # --- heartbeats -------------------------------------------------------------

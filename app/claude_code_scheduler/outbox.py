@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import tenacity
 
-from claude_code_scheduler.aws import BusClient, error_code
+from claude_code_scheduler.aws import BusClient, describe_error
 from claude_code_scheduler.protocol import Event, encode_event
 from claude_code_scheduler.retry import through_outage
 
@@ -35,9 +35,10 @@ class Delivery:
 
     done: threading.Event = field(default_factory=threading.Event)
     ok: bool = False
+    error: str | None = None
 
-    def settle(self, ok: bool) -> None:
-        self.ok = ok
+    def settle(self, ok: bool, error: str | None = None) -> None:
+        self.ok, self.error = ok, error
         self.done.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -51,6 +52,7 @@ class _Pending:
     attributes: dict[str, str]
     delivery: Delivery
     is_output: bool
+    quiet_drop: bool
 
 
 class Outbox:
@@ -85,26 +87,36 @@ class Outbox:
         event: Event,
         *,
         backpressure: bool = False,
-        cancel: threading.Event | None = None,
+        stop_waiting: Callable[[], bool] | None = None,
+        caller_reports_drop: bool = False,
     ) -> Delivery:
         """Queue an event. With `backpressure`, first wait while too much output
-        is queued (until `cancel` is set)."""
+        is queued, until `stop_waiting()` says the caller has something more
+        important to do (a deadline, a shutdown). With `caller_reports_drop`,
+        a dropped event is the caller's to report (from `Delivery.error`)."""
         delivery = Delivery()
         with self._cond:
             while (
                 backpressure
                 and self._pending_output > self._max_pending_output
                 and not self._closed
-                and not (cancel and cancel.is_set())
+                and not (stop_waiting and stop_waiting())
             ):
                 self._cond.wait(0.2)
             if self._closed:
                 log.debug("bus closed; not publishing %s", event.event_type)
-                delivery.settle(False)
+                delivery.settle(False, "the outbox is closed")
                 return delivery
             self._sequence += 1
             body = encode_event(event.body(self._node_id, self._node_name, self._sequence))
-            item = _Pending(event, body, event.attributes(self._node_id), delivery, backpressure)
+            item = _Pending(
+                event,
+                body,
+                event.attributes(self._node_id),
+                delivery,
+                is_output=backpressure,
+                quiet_drop=caller_reports_drop,
+            )
             if backpressure:
                 self._pending_output += len(body)
             self._queue.append(item)
@@ -134,15 +146,16 @@ class Outbox:
                 if not self._queue:
                     return
                 item = self._queue[0]
-            ok = self._send(item)
+            error = self._send(item)
             with self._cond:
                 self._queue.popleft()
                 if item.is_output:
                     self._pending_output -= len(item.body)
                 self._cond.notify_all()
-            item.delivery.settle(ok)
+            item.delivery.settle(error is None, error)
 
-    def _send(self, item: _Pending) -> bool:
+    def _send(self, item: _Pending) -> str | None:
+        """Publishes one event; returns None, or why it was dropped."""
         retrying = through_outage(
             "publishing to the control bus", interrupt=self._give_up, stop=self._past_deadline
         )
@@ -155,15 +168,17 @@ class Outbox:
                 dedup=item.event.event_id,
             )
         except Exception as exc:
-            log.error(
+            reason = describe_error(exc)
+            log.log(
+                logging.DEBUG if item.quiet_drop else logging.ERROR,
                 "dropped %s event: %s",
                 item.event.event_type,
-                error_code(exc),
+                reason,
                 extra={"event_type": item.event.event_type, "run_id": item.event.run_id},
             )
-            return False
+            return reason
         log.debug("published %s", item.event.event_type, extra={"run_id": item.event.run_id})
-        return True
+        return None
 
     def _past_deadline(self, state: tenacity.RetryCallState) -> bool:
         if self._give_up.is_set():

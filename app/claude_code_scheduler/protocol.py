@@ -155,7 +155,9 @@ def parse_command(body: str) -> RunTask:
     if not isinstance(document, dict):
         raise InvalidCommand("command must be a JSON object")
     run_id = document.get("run_id")
-    readable_run_id = run_id if isinstance(run_id, str) and RUN_ID_PATTERN.match(run_id) else None
+    readable_run_id = (
+        run_id if isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) else None
+    )
     try:
         return _parse_document(document)
     except InvalidCommand as exc:
@@ -168,12 +170,12 @@ def _parse_document(document: dict[str, Any]) -> RunTask:
     if document.get("type") != "RunTask":
         raise InvalidCommand(f"type must be 'RunTask', got {document.get('type')!r}")
     version = document.get("version")
-    if type(version) is not int or version != PROTOCOL_VERSION:
+    if not _is_integer(version) or version != PROTOCOL_VERSION:
         raise InvalidCommand(
             f"version {version!r} is not supported (this node speaks version {PROTOCOL_VERSION})"
         )
     run_id = document.get("run_id")
-    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
         raise InvalidCommand("run_id must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', '-'")
     task = document.get("task")
     if not isinstance(task, dict):
@@ -225,23 +227,37 @@ def _reject_unknown(obj: dict[str, Any], allowed: frozenset[str], where: str) ->
 
 
 def _optional(obj: dict[str, Any], key: str, kind: type[Any], where: str = "task") -> Any:
-    value = obj.get(key)
-    # bool is an int in Python, but `"max_turns": true` is not a number of turns.
-    if (
-        value is None
-        or (type(value) is kind and not isinstance(value, bool))
-        or (kind is str and isinstance(value, str))
-    ):
+    """An optional field: absent is None; present, it must have the right type
+    (null is not absent, as in the schema)."""
+    if key not in obj:
+        return None
+    value = obj[key]
+    if kind is str and isinstance(value, str):
         return value
-    raise InvalidCommand(f"{where}.{key} must be {_kind_name(kind)}, got {type(value).__name__}")
+    if kind is int and _is_integer(value):
+        return int(value)
+    raise InvalidCommand(f"{where}.{key} must be {_kind_name(kind)}, got {_json_type(value)}")
+
+
+def _is_integer(value: Any) -> bool:
+    # JSON Schema counts 3.0 as an integer; bool is an int in Python but
+    # `"max_turns": true` is not a number of turns.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _json_type(value: Any) -> str:
+    names = {type(None): "null", bool: "a boolean", str: "a string", list: "an array"}
+    return names.get(type(value), "an object" if isinstance(value, dict) else "a number")
 
 
 def _optional_number(obj: dict[str, Any], key: str, where: str = "task") -> float | None:
-    value = obj.get(key)
-    if value is None:
+    if key not in obj:
         return None
+    value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidCommand(f"{where}.{key} must be a number, got {type(value).__name__}")
+        raise InvalidCommand(f"{where}.{key} must be a number, got {_json_type(value)}")
     return float(value)
 
 
@@ -250,22 +266,22 @@ def _kind_name(kind: type[Any]) -> str:
 
 
 def _tool_list(task: dict[str, Any], key: str) -> tuple[str, ...]:
-    value = task.get(key)
-    if value is None:
+    if key not in task:
         return ()
+    value = task[key]
     if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value):
         raise InvalidCommand(f"task.{key} must be a list of non-empty strings")
     return tuple(value)
 
 
 def _env(task: dict[str, Any]) -> dict[str, str]:
-    value = task.get("env")
-    if value is None:
+    if "env" not in task:
         return {}
+    value = task["env"]
     if not isinstance(value, dict):
         raise InvalidCommand("task.env must be an object of NAME: value strings")
     for name, item in value.items():
-        if not ENV_NAME_PATTERN.match(name):
+        if not ENV_NAME_PATTERN.fullmatch(name):
             raise InvalidCommand(f"task.env name {name!r} is not a valid environment name")
         if not isinstance(item, str):
             # Name the variable, never its value: env values may be secrets.
@@ -274,9 +290,9 @@ def _env(task: dict[str, Any]) -> dict[str, str]:
 
 
 def _mock(task: dict[str, Any]) -> MockSpec:
-    value = task.get("mock")
-    if value is None:
+    if "mock" not in task:
         return MockSpec()
+    value = task["mock"]
     if not isinstance(value, dict):
         raise InvalidCommand("task.mock must be an object")
     _reject_unknown(value, _MOCK_KEYS, "task.mock")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from claude_code_scheduler import logsetup
 from claude_code_scheduler.aws import LogStore, error_code
 from claude_code_scheduler.config import NodeConfig, log_key
 from claude_code_scheduler.execution import (
@@ -83,6 +84,8 @@ class TaskRun:
         self._environ = dict(os.environ) if environ is None else environ
         self._clock = clock
         self._chunk_index = 0
+        self._timeout = command.task.timeout_seconds or config.task_timeout
+        self._deadline = float("inf")
 
     @property
     def run_id(self) -> str:
@@ -104,6 +107,8 @@ class TaskRun:
                 },
             )
         )
+        logsetup.SECRETS.add(task.env.values())
+        self._deadline = self._clock() + self._timeout
         spool = self._config.work_dir / ".logs" / f"{self.run_id}-{uuid.uuid4().hex[:8]}.log"
         try:
             outcome = self._run_process(spool)
@@ -128,7 +133,7 @@ class TaskRun:
                     cwd=workdir,
                     env=child_environment(self._environ, task.env),
                     recorder=OutputRecorder(log_file, batcher),
-                    timeout=task.timeout_seconds or self._config.task_timeout,
+                    timeout=self._timeout,
                     kill_grace=self._config.kill_grace,
                     cancel=self._control.cancel,
                     clock=self._clock,
@@ -140,7 +145,16 @@ class TaskRun:
     def _emit_output(self, stream: str, text: str) -> None:
         event = task_output(self.run_id, self._chunk_index, stream, text)
         self._chunk_index += 1
-        self._outbox.publish(event, backpressure=True, cancel=self._control.give_up)
+        self._outbox.publish(event, backpressure=True, stop_waiting=self._stop_waiting)
+
+    def _stop_waiting(self) -> bool:
+        """A slow bus must not hold the run past its deadline or a shutdown: the
+        pump that waits here is the one that enforces them."""
+        return (
+            self._control.cancel.is_set()
+            or self._control.give_up.is_set()
+            or self._clock() >= self._deadline
+        )
 
     def _finish(self, outcome: RunOutcome, spool: Path) -> RunReport:
         extra = {
@@ -187,11 +201,10 @@ class TaskRun:
             )
             return failed(ErrorType.NODE_SHUTDOWN, reason, retryable=True), False, True
         if outcome.spawn_error is not None:
-            message = f"could not start {self._config.claude_bin!r}: {outcome.spawn_error}"
+            message = f"could not start the run: {outcome.spawn_error}"
             return failed(ErrorType.NODE_ERROR, message), False, False
         if outcome.timed_out:
-            timeout = self._command.task.timeout_seconds or self._config.task_timeout
-            message = f"the run passed its timeout of {timeout:g} s and was killed"
+            message = f"the run passed its timeout of {self._timeout:g} s and was killed"
             return failed(ErrorType.TIMEOUT, message), False, False
         if not uploaded:
             return failed(ErrorType.NODE_ERROR, "the run's log could not be uploaded"), False, False

@@ -29,7 +29,13 @@ def run_fake(stack, start_node, fake_claude, tmp_path, mode, node_env=None, **ta
 
 
 def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fake_claude, tmp_path):
-    node_env = {"CLAUDECODE": "1", "AWS_SESSION_TOKEN": "node-session-token"}
+    node_env = {
+        "CLAUDECODE": "1",
+        "AWS_SESSION_TOKEN": "node-session-token",
+        "AWS_ROLE_SESSION_NAME": "node-session",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc",
+        "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token",
+    }
     node, _, terminal, seen = run_fake(
         stack,
         start_node,
@@ -68,8 +74,10 @@ def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fak
     assert seen["stdin"] == "" and seen["stdin_isatty"] is False
     env = seen["env"]
     assert env["TASK_VALUE"] == "from-the-task"
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "CLAUDECODE"):
-        assert name not in env
+    for name in (*node_env, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert name not in env, name
+    # Where to reach AWS is not a credential; the CLI's tools may need it.
+    assert env["AWS_REGION"] == "us-east-1"
     # Its own process group, its own fresh directory under the work dir, gone afterwards.
     assert seen["pgid"] == seen["pid"]
     workdir = Path(seen["cwd"])

@@ -207,3 +207,45 @@ def test_per_service_endpoint_variables_work(stack, start_node):
     }
     node = start_node(stack, "--mock-mode", "--poll-wait-seconds", "1", env=env)
     stack.wait_event("NodeRegistered", node_id=node.node_id)
+
+
+def test_topic_that_does_not_exist(stack):
+    missing = stack.topic_arn.rsplit(":", 1)[0] + ":no-such-topic"
+    done = run_cli(
+        [
+            "--queue-url",
+            stack.queue_url,
+            "--topic-arn",
+            missing,
+            "--log-bucket",
+            stack.bucket,
+            "--mock-mode",
+        ],
+        {"AWS_ENDPOINT_URL": stack.endpoint},
+    )
+    assert_one_line_error(done, "--topic-arn: could not publish NodeRegistered", "NotFound")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--profile", "no-such-profile"], "--profile: no AWS profile named 'no-such-profile'"),
+        (["--endpoint-url", "not a url"], "--endpoint-url"),
+        (["--kill-grace", "-1"], "--kill-grace: must not be negative"),
+    ],
+)
+def test_bad_aws_settings(stack, extra, fragment):
+    done = run_cli(
+        [
+            "--queue-url",
+            stack.queue_url,
+            "--topic-arn",
+            stack.topic_arn,
+            "--log-bucket",
+            stack.bucket,
+            "--mock-mode",
+            *extra,
+        ],
+        {"AWS_ENDPOINT_URL": stack.endpoint},
+    )
+    assert_one_line_error(done, fragment)

@@ -1,0 +1,486 @@
+"""node.py with fakes: heartbeat status, command intake, polling and shutdown order.
+
+TaskRun is replaced by a fake whose run ends when the test says so (or when
+it is cancelled), so no process, S3 or SNS is involved.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from unit_support import (
+    FakeOutbox,
+    FakeQueue,
+    assert_event_valid,
+    make_config,
+    message,
+    run_task_body,
+)
+
+from claude_code_scheduler import node as node_module
+from claude_code_scheduler.aws import ReceivedMessage
+from claude_code_scheduler.leases import LeaseKeeper
+from claude_code_scheduler.node import Node, receive_backoff
+from claude_code_scheduler.protocol import Event, RunTask
+from claude_code_scheduler.runs import RunControl, RunReport
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+class FakeRun:
+    """runs.TaskRun's surface: ends when `finish_ok` is set, or is handed back
+    when the node cancels it, doing to its lease what the real run does."""
+
+    instances: ClassVar[list[FakeRun]] = []
+
+    def __init__(
+        self,
+        config: Any,
+        command: RunTask,
+        attempt: int,
+        *,
+        outbox: Any,
+        logs: Any,
+        leases: LeaseKeeper,
+        control: RunControl,
+        clock: Any,
+    ) -> None:
+        self.command = command
+        self.attempt = attempt
+        self.leases = leases
+        self.control = control
+        self.finish_ok = threading.Event()
+        self.completes = True
+        self.done = threading.Event()
+        FakeRun.instances.append(self)
+
+    @property
+    def run_id(self) -> str:
+        return self.command.run_id
+
+    def execute(self) -> RunReport:
+        try:
+            while not self.finish_ok.wait(0.01):
+                if self.control.cancel.is_set():
+                    self.leases.release(self.run_id)
+                    return RunReport(self.run_id, completed=False, handed_back=True)
+            self.leases.finish(self.run_id)
+            return RunReport(self.run_id, completed=self.completes, handed_back=False)
+        finally:
+            self.done.set()
+
+
+class ScriptedQueue(FakeQueue):
+    """Receive returns the scripted batches, then nothing, each after `delay`."""
+
+    def __init__(self, delay: float = 0.02) -> None:
+        super().__init__()
+        self.batches: list[list[ReceivedMessage]] = []
+        self.delay = delay
+        self.on_receive: Callable[[], list[ReceivedMessage] | None] | None = None
+
+    def receive(self, max_messages: int, wait_seconds: int) -> list[ReceivedMessage]:
+        self._record("receive", max_messages, wait_seconds)
+        time.sleep(self.delay)
+        if self.on_receive is not None:
+            scripted = self.on_receive()
+            if scripted is not None:
+                return scripted
+        with self.lock:
+            return self.batches.pop(0) if self.batches else []
+
+
+class Fixture:
+    def __init__(self, tmp_path: Path, **config: Any) -> None:
+        self.queue = ScriptedQueue()
+        self.outbox = FakeOutbox()
+        self.leases = LeaseKeeper(self.queue, 30)  # type: ignore[arg-type]
+        self.config = make_config(tmp_path, **config)
+        self.node = Node(
+            self.config,
+            queue=self.queue,  # type: ignore[arg-type]
+            outbox=self.outbox,  # type: ignore[arg-type]
+            logs=None,  # type: ignore[arg-type]
+            leases=self.leases,
+            registration={"hostname": "h"},
+        )
+
+    def runs(self) -> list[FakeRun]:
+        return list(FakeRun.instances)
+
+    def idle(self) -> bool:
+        return self.node.heartbeat()["status"] == "idle"
+
+    def events(self, event_type: str) -> list[Event]:
+        return [e for e in self.outbox.events if e.event_type == event_type]
+
+
+@pytest.fixture
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Fixture]]:
+    FakeRun.instances = []
+    monkeypatch.setattr(node_module, "TaskRun", FakeRun)
+    made: list[Fixture] = []
+
+    def build(**config: Any) -> Fixture:
+        made.append(Fixture(tmp_path, **config))
+        return made[-1]
+
+    yield build
+    for run in FakeRun.instances:
+        run.finish_ok.set()
+        run.done.wait(2)
+    for fixture in made:
+        fixture.node.request_stop("teardown")
+        fixture.leases.stop()
+
+
+@pytest.fixture
+def fx(make: Callable[..., Fixture]) -> Fixture:
+    return make()
+
+
+def heartbeat_body(data: dict[str, Any]) -> dict[str, Any]:
+    body = Event("NodeHeartbeat", data).body("node-1", "Node One", 1)
+    assert_event_valid(body)
+    return body
+
+
+# --- receive_backoff ------------------------------------------------------------
+
+
+def test_receive_backoff_bounds() -> None:
+    random.seed(5)
+    for failures in range(1, 12):
+        cap = min(30.0, 2.0**failures)
+        samples = [receive_backoff(failures) for _ in range(300)]
+        assert all(0 <= s <= cap for s in samples)
+        assert max(samples) > cap / 2, "full jitter spreads over the whole range"
+    assert max(receive_backoff(100) for _ in range(300)) <= 30.0
+
+
+# --- heartbeat status ---------------------------------------------------------------
+
+
+def test_heartbeat_goes_idle_busy_idle_draining(fx: Fixture) -> None:
+    first = fx.node.heartbeat()
+    assert first["status"] == "idle"
+    assert first["running"] == []
+    assert (first["tasks_completed"], first["tasks_failed"]) == (0, 0)
+    heartbeat_body(first)
+
+    fx.node._accept(message(run_task_body("run-b"), "m-b", "r-b"))
+    fx.node._accept(message(run_task_body("run-a"), "m-a", "r-a"))
+    busy = fx.node.heartbeat()
+    assert busy["status"] == "busy"
+    assert busy["running"] == ["run-a", "run-b"]
+    heartbeat_body(busy)
+
+    for run in fx.runs():
+        run.finish_ok.set()
+    assert wait_for(fx.idle)
+    after = fx.node.heartbeat()
+    assert after["running"] == []
+    assert after["tasks_completed"] == 2
+    assert after["uptime_seconds"] >= 0
+
+    fx.node.request_stop("SIGTERM")
+    draining = fx.node.heartbeat()
+    assert draining["status"] == "draining"
+    heartbeat_body(draining)
+
+
+def test_a_failed_run_counts_as_failed(fx: Fixture) -> None:
+    fx.node._accept(message(run_task_body("run-1")))
+    run = fx.runs()[0]
+    run.completes = False
+    run.finish_ok.set()
+    assert wait_for(fx.idle)
+    assert fx.node.heartbeat()["tasks_failed"] == 1
+    assert fx.node.heartbeat()["tasks_completed"] == 0
+
+
+def test_draining_while_busy(fx: Fixture) -> None:
+    fx.node._accept(message(run_task_body("run-1")))
+    fx.node.request_stop("SIGTERM")
+    data = fx.node.heartbeat()
+    assert data["status"] == "draining"
+    assert data["running"] == ["run-1"]
+
+
+# --- command intake -----------------------------------------------------------------
+
+
+def test_a_command_starts_a_run_with_its_attempt(fx: Fixture) -> None:
+    fx.node._accept(message(run_task_body("run-1", name="n"), receive_count=3))
+    (run,) = fx.runs()
+    assert run.command.run_id == "run-1"
+    assert run.command.task.name == "n"
+    assert run.attempt == 3
+    assert fx.leases.held() == ["run-1"]
+
+
+@pytest.mark.parametrize(
+    ("body", "run_id"),
+    [
+        ("not json at all", None),
+        ('{"type": "RunTask", "version": 1, "run_id": "bad-1", "task": {"prompt": ""}}', "bad-1"),
+    ],
+)
+def test_an_invalid_command_gets_task_failed_and_is_deleted(
+    fx: Fixture, body: str, run_id: str | None
+) -> None:
+    fx.node._accept(message(body, "m-bad", "r-bad"))
+    assert fx.runs() == []
+    (event,) = fx.outbox.events
+    assert event.event_type == "TaskFailed"
+    assert event.data["run_id"] == run_id
+    assert event.data["error"]["type"] == "InvalidCommand"
+    assert event.data["error"]["message"]
+    assert event.data["retryable"] is False
+    assert_event_valid(fx.outbox.bodies[0])
+    assert fx.queue.calls == [("delete", "r-bad")]
+    assert fx.leases.held() == []
+    assert fx.node.heartbeat()["tasks_failed"] == 1
+
+
+def test_an_invalid_command_whose_event_is_refused_is_released(fx: Fixture) -> None:
+    fx.outbox.close(0)
+    fx.node._accept(message("[]", "m-bad", "r-bad"))
+    assert fx.queue.calls == [("change_visibility", "r-bad", 0)]
+
+
+def test_a_duplicate_of_a_running_run_is_not_started_again(fx: Fixture) -> None:
+    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
+    fx.node._accept(message(run_task_body("run-1"), "m-2", "r-2"))
+    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1-again"))
+    assert len(fx.runs()) == 1
+    fx.runs()[0].finish_ok.set()
+    assert wait_for(fx.idle)
+    assert sorted(fx.queue.of("delete")) == [("delete", "r-1-again"), ("delete", "r-2")]
+
+
+def test_a_duplicate_of_a_finished_run_is_deleted_not_run(fx: Fixture) -> None:
+    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
+    fx.runs()[0].finish_ok.set()
+    assert wait_for(fx.idle)
+    fx.node._accept(message(run_task_body("run-1"), "m-9", "r-9"))
+    assert len(fx.runs()) == 1
+    assert fx.queue.of("delete") == [("delete", "r-1"), ("delete", "r-9")]
+    assert fx.outbox.events == []
+
+
+def test_a_handed_back_run_may_run_again(fx: Fixture) -> None:
+    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
+    fx.runs()[0].control.cancel.set()
+    assert wait_for(fx.idle)
+    assert fx.queue.of("change_visibility") == [("change_visibility", "r-1", 0)]
+    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1b"))
+    assert len(fx.runs()) == 2
+
+
+def test_a_message_received_after_the_stop_is_released_at_once(fx: Fixture) -> None:
+    fx.node.request_stop("SIGTERM")
+    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
+    assert fx.runs() == []
+    assert fx.queue.calls == [("change_visibility", "r-1", 0)]
+    assert fx.leases.held() == []
+
+
+# --- polling ------------------------------------------------------------------------
+
+
+def test_the_poller_never_asks_for_more_than_the_free_slots(
+    make: Callable[..., Fixture],
+) -> None:
+    fx = make(max_concurrent_tasks=2, poll_wait_seconds=7)
+    fx.queue.batches = [[message(run_task_body("run-1"), "m-1", "r-1")]]
+    poller = threading.Thread(target=fx.node._poll_loop, daemon=True)
+    poller.start()
+    try:
+        assert wait_for(lambda: len(fx.runs()) == 1)
+        assert wait_for(lambda: len(fx.queue.of("receive")) >= 3)
+        receives = fx.queue.of("receive")
+        assert receives[0] == ("receive", 2, 7)
+        assert set(receives[1:]) == {("receive", 1, 7)}
+
+        fx.queue.batches = [[message(run_task_body("run-2"), "m-2", "r-2")]]
+        assert wait_for(lambda: len(fx.runs()) == 2)
+        time.sleep(0.1)
+        count = len(fx.queue.of("receive"))
+        time.sleep(0.3)
+        assert len(fx.queue.of("receive")) == count, "no receive while every slot is taken"
+
+        fx.runs()[0].finish_ok.set()
+        assert wait_for(lambda: len(fx.queue.of("receive")) > count)
+        assert fx.queue.of("receive")[-1] == ("receive", 1, 7)
+    finally:
+        fx.node.request_stop("test")
+        poller.join(5)
+        for run in fx.runs():
+            run.finish_ok.set()
+    assert not poller.is_alive()
+
+
+def test_receive_failures_back_off_and_recover(
+    make: Callable[..., Fixture], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_module, "receive_backoff", lambda failures: 0.01 * failures)
+    fx = make()
+    failures = [ConnectionError("down"), ConnectionError("down")]
+
+    def on_receive() -> list[ReceivedMessage] | None:
+        if failures:
+            raise failures.pop()
+        return None
+
+    fx.queue.on_receive = on_receive
+    fx.queue.batches = [[message(run_task_body("run-1"))]]
+    poller = threading.Thread(target=fx.node._poll_loop, daemon=True)
+    poller.start()
+    try:
+        assert wait_for(lambda: len(fx.runs()) == 1)
+    finally:
+        fx.node.request_stop("test")
+        poller.join(5)
+    assert len(fx.queue.of("receive")) >= 3
+
+
+# --- the whole lifecycle --------------------------------------------------------------
+
+
+def run_node(fx: Fixture) -> tuple[threading.Thread, list[int]]:
+    exit_codes: list[int] = []
+    thread = threading.Thread(target=lambda: exit_codes.append(fx.node.run()), daemon=True)
+    thread.start()
+    return thread, exit_codes
+
+
+def test_idle_lifecycle_and_the_poll_in_flight_at_shutdown(fx: Fixture) -> None:
+    """Registered first, heartbeats, Deregistered last; nothing after close; a
+    message the last poll brings back is released, not run."""
+    late = message(run_task_body("late"), "m-late", "r-late")
+    fx.queue.on_receive = lambda: [late] if fx.node._stop.is_set() else None
+    fx.queue.delay = 0.3
+    thread, exit_codes = run_node(fx)
+    assert wait_for(lambda: "NodeHeartbeat" in fx.outbox.types(), timeout=5)
+    started = time.monotonic()
+    fx.node.request_stop("SIGTERM")
+    thread.join(10)
+    assert not thread.is_alive()
+    assert exit_codes == [0]
+    assert time.monotonic() - started < 3
+
+    types = fx.outbox.types()
+    assert types[0] == "NodeRegistered"
+    assert types[-1] == "NodeDeregistered"
+    assert set(types[1:-1]) == {"NodeHeartbeat"}
+    assert fx.outbox.events[0].data == {"hostname": "h"}
+    deregistered = fx.outbox.events[-1].data
+    assert deregistered["reason"] == "SIGTERM"
+    assert (deregistered["tasks_completed"], deregistered["tasks_failed"]) == (0, 0)
+    for body in fx.outbox.bodies[1:]:
+        assert_event_valid(body)
+    assert fx.outbox.closed
+    assert fx.outbox.published_after_close == []
+    assert fx.runs() == []
+    assert ("change_visibility", "r-late", 0) in fx.queue.calls
+
+
+def test_busy_shutdown_waits_then_hands_the_run_back(make: Callable[..., Fixture]) -> None:
+    fx = make(shutdown_timeout=0.5)
+    fx.queue.batches = [[message(run_task_body("run-1"), "m-1", "r-1")]]
+    thread, exit_codes = run_node(fx)
+    assert wait_for(lambda: len(fx.runs()) == 1)
+    started = time.monotonic()
+    fx.node.request_stop("SIGTERM")
+    time.sleep(0.2)
+    assert not fx.runs()[0].control.cancel.is_set(), "the run gets its shutdown budget"
+    thread.join(10)
+    elapsed = time.monotonic() - started
+    assert exit_codes == [0]
+    assert 0.4 <= elapsed < 4
+    assert fx.runs()[0].control.cancel.is_set()
+    assert ("change_visibility", "r-1", 0) in fx.queue.calls
+    assert fx.outbox.types()[-1] == "NodeDeregistered"
+    assert fx.outbox.events[-1].data["tasks_failed"] == 1
+
+
+def test_a_run_that_finishes_within_the_budget_is_not_cancelled(
+    make: Callable[..., Fixture],
+) -> None:
+    fx = make(shutdown_timeout=5)
+    fx.queue.batches = [[message(run_task_body("run-1"), "m-1", "r-1")]]
+    thread, exit_codes = run_node(fx)
+    assert wait_for(lambda: len(fx.runs()) == 1)
+    fx.node.request_stop("SIGTERM")
+    threading.Timer(0.3, fx.runs()[0].finish_ok.set).start()
+    thread.join(10)
+    assert exit_codes == [0]
+    assert not fx.runs()[0].control.cancel.is_set()
+    assert fx.queue.of("delete") == [("delete", "r-1")]
+    assert fx.outbox.events[-1].data["tasks_completed"] == 1
+
+
+def test_a_second_signal_skips_the_wait(make: Callable[..., Fixture]) -> None:
+    fx = make(shutdown_timeout=60)
+    fx.queue.batches = [[message(run_task_body("run-1"), "m-1", "r-1")]]
+    thread, exit_codes = run_node(fx)
+    assert wait_for(lambda: len(fx.runs()) == 1)
+    started = time.monotonic()
+    fx.node.request_stop("SIGTERM")
+    time.sleep(0.1)
+    fx.node.request_stop("SIGINT")
+    thread.join(10)
+    assert exit_codes == [0]
+    assert time.monotonic() - started < 5
+    assert fx.runs()[0].control.cancel.is_set()
+    assert fx.outbox.events[-1].data["reason"] == "SIGTERM"
+
+
+class SlowToReturnRun(FakeRun):
+    """Deletes its message like the real run, then pauses before returning:
+    the window in which the node still lists the run as active."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deleted = threading.Event()
+        self.may_return = threading.Event()
+
+    def execute(self) -> RunReport:
+        self.finish_ok.wait(5)
+        self.leases.finish(self.run_id)
+        self.deleted.set()
+        self.may_return.wait(5)
+        self.done.set()
+        return RunReport(self.run_id, completed=True, handed_back=False)
+
+
+def test_a_duplicate_arriving_as_the_run_ends_is_not_held_forever(
+    make: Callable[..., Fixture], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_module, "TaskRun", SlowToReturnRun)
+    fx = make()
+    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
+    (run,) = fx.runs()
+    assert isinstance(run, SlowToReturnRun)
+    run.finish_ok.set()
+    assert run.deleted.wait(5)
+    fx.node._accept(message(run_task_body("run-1"), "m-2", "r-2"))
+    run.may_return.set()
+    assert wait_for(fx.idle)
+    assert len(fx.runs()) == 1
+    assert wait_for(lambda: fx.leases.held() == [], timeout=1)
+    assert ("delete", "r-2") in fx.queue.calls

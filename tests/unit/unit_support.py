@@ -1,0 +1,168 @@
+"""Fakes with the same surface as the AWS adapters, and schema helpers.
+
+The fakes record what the logic asked of them so the unit tests can assert on
+it without a network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import jsonschema
+
+from claude_code_scheduler.aws import ReceivedMessage
+from claude_code_scheduler.config import NodeConfig, parse_queue_url, parse_topic_arn
+from claude_code_scheduler.outbox import Delivery
+from claude_code_scheduler.protocol import EVENT_TYPES, Event, load_schema
+
+QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/tasks"
+TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:control"
+
+
+@functools.cache
+def schema_validator(name: str) -> jsonschema.Draft202012Validator:
+    schema = load_schema(name)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def schema_errors(name: str, instance: Any) -> list[str]:
+    return [error.message for error in schema_validator(name).iter_errors(instance)]
+
+
+def assert_event_valid(body: dict[str, Any]) -> None:
+    event_type = body["event_type"]
+    assert event_type in EVENT_TYPES
+    errors = schema_errors(event_type, body)
+    assert not errors, f"{event_type} does not match its schema: {errors}"
+
+
+def client_error(code: str, status: int = 400, operation: str = "Publish") -> Exception:
+    return botocore.exceptions.ClientError(
+        {
+            "Error": {"Code": code, "Message": f"{code} (fake)"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        operation,
+    )
+
+
+def message(
+    body: str, message_id: str = "m-1", receipt: str = "r-1", receive_count: int = 1
+) -> ReceivedMessage:
+    return ReceivedMessage(
+        message_id=message_id, receipt_handle=receipt, body=body, receive_count=receive_count
+    )
+
+
+def run_task_body(run_id: str = "run-1", **task: Any) -> str:
+    return json.dumps(
+        {"type": "RunTask", "version": 1, "run_id": run_id, "task": {"prompt": "hi", **task}}
+    )
+
+
+def make_config(tmp_path: Path | None = None, **overrides: Any) -> NodeConfig:
+    values: dict[str, Any] = {
+        "queue": parse_queue_url(QUEUE_URL),
+        "topic": parse_topic_arn(TOPIC_ARN),
+        "log_bucket": "logs-bucket",
+        "region": "us-east-1",
+        "node_id": "node-1",
+        "node_name": "Node One",
+        "heartbeat_interval": 1.0,
+        "mock_mode": True,
+        "poll_wait_seconds": 1,
+        "shutdown_timeout": 1.0,
+        "kill_grace": 0.2,
+    }
+    if tmp_path is not None:
+        values["work_dir"] = tmp_path / "work"
+        if "state_file" in {f.name for f in dataclasses.fields(NodeConfig)}:
+            values["state_file"] = tmp_path / "node-state.json"
+    values.update(overrides)
+    return NodeConfig(**values)
+
+
+class FakeQueue:
+    """aws.QueueClient's surface; records every call in order."""
+
+    url = QUEUE_URL
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.lock = threading.Lock()
+        self.fail_with: Exception | None = None
+
+    def _record(self, *call: Any) -> None:
+        with self.lock:
+            self.calls.append(call)
+        if self.fail_with is not None:
+            raise self.fail_with
+
+    def visibility_timeout(self) -> int:
+        self._record("visibility_timeout")
+        return 30
+
+    def receive(self, max_messages: int, wait_seconds: int) -> list[ReceivedMessage]:
+        self._record("receive", max_messages, wait_seconds)
+        return []
+
+    def change_visibility(self, receipt_handle: str, seconds: int) -> None:
+        self._record("change_visibility", receipt_handle, seconds)
+
+    def delete(self, receipt_handle: str) -> None:
+        self._record("delete", receipt_handle)
+
+    def of(self, kind: str) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return [call for call in self.calls if call[0] == kind]
+
+
+class FakeOutbox:
+    """outbox.Outbox's surface: every event is delivered at once and recorded
+    with the body the real outbox would publish."""
+
+    def __init__(self, node_id: str = "node-1", node_name: str = "Node One") -> None:
+        self.node_id = node_id
+        self.node_name = node_name
+        self.events: list[Event] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.closed = False
+        self.published_after_close: list[Event] = []
+        self.started = False
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self.started = True
+
+    def publish(
+        self,
+        event: Event,
+        *,
+        backpressure: bool = False,
+        **_waiting: Any,
+    ) -> Delivery:
+        delivery = Delivery()
+        with self.lock:
+            if self.closed:
+                self.published_after_close.append(event)
+                delivery.settle(False)
+                return delivery
+            self.events.append(event)
+            self.bodies.append(event.body(self.node_id, self.node_name, len(self.events)))
+        delivery.settle(True)
+        return delivery
+
+    def close(self, deadline: float) -> None:
+        with self.lock:
+            self.closed = True
+
+    def types(self) -> list[str]:
+        with self.lock:
+            return [event.event_type for event in self.events]
