@@ -1,0 +1,477 @@
+"""`make demo`: one node, one task, on a local AWS endpoint.
+
+Starts a moto server, creates the deployed resources under a demo prefix,
+starts `claude-code-scheduler node --mock-mode`, sends it a RunTask through the
+command topic, prints the control-bus events as they arrive and the run's log
+from S3, then stops the node with SIGTERM. Needs nothing but the project's
+venv; leaves nothing running, also on Ctrl-C.
+
+`submit_task` and `receive_events` are the two places a future `submit` /
+`events` command line will replace.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sns import SNSClient
+    from mypy_boto3_sqs import SQSClient
+
+PREFIX = "claude-code-scheduler-demo"
+REGION = "us-east-1"
+NODE_ID = "demo-node-1"
+HEARTBEAT_INTERVAL = 5
+# Short long polls so that the node exits soon after SIGTERM (it waits for the
+# poll in flight to return); production nodes use the default 20 s.
+POLL_WAIT_SECONDS = 2
+# How long any one step may take before the demo gives up.
+STEP_TIMEOUT = 60.0
+MOTO_START_TIMEOUT = 30.0
+NODE_EXIT_TIMEOUT = 30.0
+DUMMY_KEY_ID = "demo"
+DUMMY_SECRET = "demo"  # noqa: S105 - moto accepts any credentials
+
+Event = dict[str, Any]
+
+
+class DemoError(Exception):
+    """A step of the demo went wrong; the message says which."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    command_topic_arn: str
+    control_bus_arn: str
+    node_queue_url: str
+    server_queue_url: str
+    log_bucket: str
+
+
+@dataclass(frozen=True)
+class Clients:
+    sqs: SQSClient
+    sns: SNSClient
+    s3: S3Client
+
+
+@dataclass
+class RunRecord:
+    """What the demo saw of its run, to compare with the S3 log."""
+
+    run_id: str
+    chunks: dict[int, str] = field(default_factory=dict)
+    terminal: Event | None = None
+
+    def output(self) -> str:
+        return "".join(self.chunks[index] for index in sorted(self.chunks))
+
+
+# --- presentation ---------------------------------------------------------------
+
+
+def heading(text: str) -> None:
+    print(f"\n=== {text} " + "=" * max(3, 74 - len(text)), flush=True)
+
+
+def info(text: str) -> None:
+    print(f"  {text}", flush=True)
+
+
+def abbreviate(text: str, limit: int = 70) -> str:
+    shown = text.replace("\n", "\\n")
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def describe(event: Event) -> str:
+    """One readable line per event: sequence, type, the data worth seeing."""
+    data = event["data"]
+    kind = event["event_type"]
+    if kind == "NodeRegistered":
+        detail = (
+            f"node={event['node_id']} version={data['version']} "
+            f"mock_mode={data['mock_mode']} heartbeat={data['heartbeat_interval']}s"
+        )
+    elif kind == "NodeHeartbeat":
+        detail = (
+            f"status={data['status']} running={data['running']} "
+            f"completed={data['tasks_completed']} failed={data['tasks_failed']}"
+        )
+    elif kind == "NodeDeregistered":
+        detail = (
+            f"reason={data['reason']} uptime={data['uptime_seconds']:.1f}s "
+            f"completed={data['tasks_completed']} failed={data['tasks_failed']}"
+        )
+    elif kind == "TaskStarted":
+        detail = f"run={data['run_id']} attempt={data['attempt']} name={data['task_name']!r}"
+    elif kind == "TaskOutput":
+        size = len(data["data"].encode("utf-8"))
+        detail = (
+            f"run={data['run_id']} chunk={data['chunk_index']} {data['stream']} {size} B: "
+            f"{abbreviate(data['data'])}"
+        )
+    elif kind == "TaskCompleted":
+        result = data["result"] or {}
+        detail = (
+            f"run={data['run_id']} exit={data['exit_code']} {data['duration_seconds']:.1f}s "
+            f"{data['output_bytes']} B log={data['log_uri']} "
+            f"result={abbreviate(result.get('text') or '', 40)!r}"
+        )
+    elif kind == "TaskFailed":
+        error = data["error"]
+        detail = (
+            f"run={data['run_id']} {error['type']}: {abbreviate(error['message'])} "
+            f"retryable={data['retryable']}"
+        )
+    else:
+        detail = json.dumps(data)[:100]
+    clock = event["timestamp"][11:23]
+    return f"  [{clock}] #{event['sequence']:<3} {kind:<17} {detail}"
+
+
+# --- processes ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_moto(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log_file:
+        # Its own session: a Ctrl-C reaches the demo only, which stops the node
+        # first (so it can still deregister) and the endpoint last.
+        return subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def wait_until_answering(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DemoError(f"moto server exited with status {process.returncode}")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            connection.request("GET", "/")
+            connection.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.2)
+        finally:
+            connection.close()
+    raise DemoError(f"moto server did not answer on port {port} within {timeout:g} s")
+
+
+def node_environment(endpoint: str, resources: Resources, work_dir: Path) -> dict[str, str]:
+    """The node's whole configuration, through its environment variables. The
+    caller's own AWS and node settings (a profile, per-service endpoints) are left out."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AWS_", "CLAUDE_NODE_"))
+    }
+    env.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": DUMMY_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
+            "CLAUDE_NODE_QUEUE_URL": resources.node_queue_url,
+            "CLAUDE_NODE_TOPIC_ARN": resources.control_bus_arn,
+            "CLAUDE_NODE_LOG_BUCKET": resources.log_bucket,
+            "CLAUDE_NODE_ID": NODE_ID,
+            "CLAUDE_NODE_NAME": "Demo node",
+            "CLAUDE_NODE_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
+            "CLAUDE_NODE_POLL_WAIT_SECONDS": str(POLL_WAIT_SECONDS),
+            "CLAUDE_NODE_WORK_DIR": str(work_dir),
+            "CLAUDE_NODE_LOG_FORMAT": "text",
+        }
+    )
+    return env
+
+
+def start_node(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "claude_code_scheduler", "node", "--mock-mode", "-v"]
+    for name in sorted(n for n in env if n.startswith(("CLAUDE_NODE_", "AWS_"))):
+        info(f"{name}={env[name]}")
+    info(f"$ {shlex.join(argv)}   (the venv's: claude-code-scheduler {shlex.join(argv[3:])})")
+    info(f"its log (-v, text) goes to {log_path.name}, shown at the end")
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes], name: str, grace: float) -> int | None:
+    """SIGTERM; a second SIGTERM (the node then skips its drain) after `grace`
+    seconds or on another Ctrl-C; SIGKILL last."""
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        info(f"{signal.Signals(sig).name} to the {name} (pid {process.pid})")
+        process.send_signal(sig)
+        try:
+            process.wait(grace)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            continue
+    return process.returncode
+
+
+# --- AWS: resources, sending, reading ---------------------------------------------
+
+
+def make_clients(endpoint: str) -> Clients:
+    session = boto3.Session(
+        aws_access_key_id=DUMMY_KEY_ID, aws_secret_access_key=DUMMY_SECRET, region_name=REGION
+    )
+    return Clients(
+        sqs=session.client("sqs", endpoint_url=endpoint),
+        sns=session.client("sns", endpoint_url=endpoint),
+        s3=session.client("s3", endpoint_url=endpoint),
+    )
+
+
+def queue_arn(clients: Clients, queue_url: str) -> str:
+    attributes = clients.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    return str(attributes["Attributes"]["QueueArn"])
+
+
+def create_resources(clients: Clients) -> Resources:
+    """The seed's deployed resources: two topics, two queues, one bucket."""
+    command_topic = clients.sns.create_topic(Name=f"{PREFIX}-command-topic")["TopicArn"]
+    control_bus = clients.sns.create_topic(Name=f"{PREFIX}-control-bus")["TopicArn"]
+    node_queue = clients.sqs.create_queue(QueueName=f"{PREFIX}-node-queue")["QueueUrl"]
+    server_queue = clients.sqs.create_queue(QueueName=f"{PREFIX}-server-queue")["QueueUrl"]
+    # No raw delivery: commands reach the node wrapped in an SNS envelope.
+    clients.sns.subscribe(
+        TopicArn=command_topic, Protocol="sqs", Endpoint=queue_arn(clients, node_queue)
+    )
+    # Raw delivery: the server queue's bodies are the event JSON itself.
+    clients.sns.subscribe(
+        TopicArn=control_bus,
+        Protocol="sqs",
+        Endpoint=queue_arn(clients, server_queue),
+        Attributes={"RawMessageDelivery": "true"},
+    )
+    bucket = f"{PREFIX}-logs"
+    clients.s3.create_bucket(Bucket=bucket)
+    return Resources(command_topic, control_bus, node_queue, server_queue, bucket)
+
+
+def demo_command(run_id: str) -> dict[str, Any]:
+    return {
+        "type": "RunTask",
+        "version": 1,
+        "run_id": run_id,
+        "task": {
+            "prompt": "Say hello to the platform team.",
+            "name": "Demo task",
+            "task_id": "demo-task",
+            "mock": {"duration_seconds": 3.0, "exit_code": 0, "output_bytes": 4000},
+        },
+    }
+
+
+def submit_task(clients: Clients, topic_arn: str, command: dict[str, Any]) -> None:
+    """Publish a RunTask on the command topic (later: `claude-code-scheduler submit`)."""
+    clients.sns.publish(TopicArn=topic_arn, Message=json.dumps(command))
+
+
+def receive_events(clients: Clients, queue_url: str, wait_seconds: int) -> list[Event]:
+    """Take what the control bus delivered to the server queue, in sequence
+    order (later: `claude-code-scheduler events`)."""
+    response = clients.sqs.receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
+    )
+    messages = response.get("Messages", [])
+    for message in messages:
+        clients.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    events = [json.loads(message["Body"]) for message in messages]
+    return sorted(events, key=lambda event: event["sequence"])
+
+
+# --- the steps ----------------------------------------------------------------------
+
+
+def follow_events(
+    read: Callable[[], list[Event]],
+    node: subprocess.Popen[bytes],
+    record: RunRecord | None,
+    until: Callable[[Event], bool],
+    what: str,
+) -> Event:
+    """Print events as they arrive until one satisfies `until`."""
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while time.monotonic() < deadline:
+        for event in read():
+            print(describe(event), flush=True)
+            if record is not None:
+                note(record, event)
+            if until(event):
+                return event
+        if node.poll() not in (None, 0):
+            raise DemoError(f"the node exited with status {node.returncode} before {what}")
+    raise DemoError(f"no {what} within {STEP_TIMEOUT:g} s")
+
+
+def note(record: RunRecord, event: Event) -> None:
+    data = event["data"]
+    if data.get("run_id") != record.run_id:
+        return
+    if event["event_type"] == "TaskOutput":
+        record.chunks[data["chunk_index"]] = data["data"]
+    elif event["event_type"] in ("TaskCompleted", "TaskFailed"):
+        record.terminal = event
+
+
+def show_log(clients: Clients, bucket: str, record: RunRecord, head: int = 2) -> None:
+    key = f"logs/{record.run_id}.log"
+    body = clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+    lines = body.splitlines()
+    info(f"s3://{bucket}/{key}: {len(body.encode('utf-8'))} bytes, {len(lines)} lines")
+    for line in lines[:head]:
+        info("| " + abbreviate(line, 110))
+    if len(lines) > head + 1:
+        info(f"| ({len(lines) - head - 1} more lines)")
+    if len(lines) > head:
+        info("| " + abbreviate(lines[-1], 110))
+    same = body == record.output()
+    info(f"equals the concatenated TaskOutput chunks ({len(record.chunks)}): {same}")
+    if not same:
+        raise DemoError("the S3 log differs from the TaskOutput chunks")
+
+
+def show_file(path: Path, last: int = 40) -> None:
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines()[-last:]:
+            info("| " + line)
+
+
+def run_demo(work: Path) -> int:
+    moto: subprocess.Popen[bytes] | None = None
+    node: subprocess.Popen[bytes] | None = None
+    node_log = work / "node.log"
+    try:
+        heading("1. Local AWS endpoint (moto server)")
+        port = free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        moto = start_moto(port, work / "moto.log")
+        wait_until_answering(port, moto, MOTO_START_TIMEOUT)
+        info(f"moto server (pid {moto.pid}) answering at {endpoint}")
+
+        heading("2. Resources")
+        clients = make_clients(endpoint)
+        resources = create_resources(clients)
+        info(f"command topic   {resources.command_topic_arn}")
+        info(f"control bus     {resources.control_bus_arn}")
+        info(f"node queue      {resources.node_queue_url}  (subscribed to the command topic)")
+        info(f"server queue    {resources.server_queue_url}  (control bus, raw delivery)")
+        info(f"log bucket      {resources.log_bucket}")
+
+        heading("3. A node in mock mode")
+        node = start_node(node_environment(endpoint, resources, work / "node-work"), node_log)
+
+        def read() -> list[Event]:
+            return receive_events(clients, resources.server_queue_url, wait_seconds=1)
+
+        follow_events(
+            read, node, None, lambda e: e["event_type"] == "NodeRegistered", "NodeRegistered"
+        )
+
+        heading("4. A RunTask on the command topic")
+        record = RunRecord(f"demo-{uuid.uuid4().hex[:8]}")
+        command = demo_command(record.run_id)
+        info(json.dumps(command))
+        submit_task(clients, resources.command_topic_arn, command)
+
+        heading("5. Control-bus events, as they arrive")
+        follow_events(
+            read, node, record, lambda _event: record.terminal is not None, "TaskCompleted"
+        )
+        assert record.terminal is not None
+        if record.terminal["event_type"] != "TaskCompleted":
+            raise DemoError(f"the run failed: {record.terminal['data']['error']}")
+
+        heading("6. The run's log in S3")
+        show_log(clients, resources.log_bucket, record)
+
+        heading(f"7. The next heartbeat (every {HEARTBEAT_INTERVAL} s), then SIGTERM to the node")
+        follow_events(
+            read, node, None, lambda e: e["event_type"] == "NodeHeartbeat", "NodeHeartbeat"
+        )
+        info(f"kill -TERM {node.pid}")
+        node.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        follow_events(
+            read,
+            node,
+            None,
+            lambda e: e["event_type"] == "NodeDeregistered",
+            "NodeDeregistered",
+        )
+        info(f"NodeDeregistered {time.monotonic() - sent:.1f} s after SIGTERM")
+        code = node.wait(NODE_EXIT_TIMEOUT)
+        info(f"node exited with status {code} {time.monotonic() - sent:.1f} s after SIGTERM")
+        if code != 0:
+            raise DemoError(f"the node exited with status {code}")
+
+        heading("8. The node's own log")
+        show_file(node_log)
+        heading("Done: the run completed, its log is in S3, the node deregistered")
+        return 0
+    except DemoError as exc:
+        heading(f"FAILED: {exc}")
+        show_file(node_log)
+        if moto is not None and moto.poll() is not None:
+            show_file(work / "moto.log")
+        return 1
+    except subprocess.TimeoutExpired:
+        heading(f"FAILED: the node did not exit within {NODE_EXIT_TIMEOUT:g} s")
+        show_file(node_log)
+        return 1
+    except KeyboardInterrupt:
+        heading("Interrupted; cleaning up")
+        return 130
+    finally:
+        if node is not None:
+            stop_process(node, "node", NODE_EXIT_TIMEOUT)
+        if moto is not None:
+            stop_process(moto, "moto server", 5.0)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="claude-code-scheduler-demo-") as work:
+        return run_demo(Path(work))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
