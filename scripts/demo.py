@@ -1,19 +1,17 @@
 """`make demo`: one node, one task, on a local AWS endpoint.
 
 Starts a moto server, creates the deployed resources under a demo prefix,
-starts `claude-code-scheduler node --mock-mode`, sends it a RunTask through the
-command topic, prints the control-bus events as they arrive and the run's log
-from S3, then stops the node with SIGTERM. Needs nothing but the project's
-venv; leaves nothing running, also on Ctrl-C.
-
-`submit_task` and `receive_events` are the two places a future `submit` /
-`events` command line will replace.
+starts `claude-code-scheduler node --mock-mode`, and then does what an operator
+would type: `events --follow` to watch the control bus, `submit --wait` to send
+a task through the command topic and follow it, `nodes` for the fleet table.
+It shows the run's log from S3, then stops the node with SIGTERM and shows
+NodeDeregistered. Needs nothing but the project's venv; leaves nothing
+running, also on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import shlex
 import signal
@@ -21,10 +19,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,18 +70,6 @@ class Clients:
     s3: S3Client
 
 
-@dataclass
-class RunRecord:
-    """What the demo saw of its run, to compare with the S3 log."""
-
-    run_id: str
-    chunks: dict[int, str] = field(default_factory=dict)
-    terminal: Event | None = None
-
-    def output(self) -> str:
-        return "".join(self.chunks[index] for index in sorted(self.chunks))
-
-
 # --- presentation ---------------------------------------------------------------
 
 
@@ -98,52 +84,6 @@ def info(text: str) -> None:
 def abbreviate(text: str, limit: int = 70) -> str:
     shown = text.replace("\n", "\\n")
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
-
-
-def describe(event: Event) -> str:
-    """One readable line per event: sequence, type, the data worth seeing."""
-    data = event["data"]
-    kind = event["event_type"]
-    if kind == "NodeRegistered":
-        detail = (
-            f"node={event['node_id']} version={data['version']} "
-            f"mock_mode={data['mock_mode']} heartbeat={data['heartbeat_interval']}s"
-        )
-    elif kind == "NodeHeartbeat":
-        detail = (
-            f"status={data['status']} running={data['running']} "
-            f"completed={data['tasks_completed']} failed={data['tasks_failed']}"
-        )
-    elif kind == "NodeDeregistered":
-        detail = (
-            f"reason={data['reason']} uptime={data['uptime_seconds']:.1f}s "
-            f"completed={data['tasks_completed']} failed={data['tasks_failed']}"
-        )
-    elif kind == "TaskStarted":
-        detail = f"run={data['run_id']} attempt={data['attempt']} name={data['task_name']!r}"
-    elif kind == "TaskOutput":
-        size = len(data["data"].encode("utf-8"))
-        detail = (
-            f"run={data['run_id']} chunk={data['chunk_index']} {data['stream']} {size} B: "
-            f"{abbreviate(data['data'])}"
-        )
-    elif kind == "TaskCompleted":
-        result = data["result"] or {}
-        detail = (
-            f"run={data['run_id']} exit={data['exit_code']} {data['duration_seconds']:.1f}s "
-            f"{data['output_bytes']} B log={data['log_uri']} "
-            f"result={abbreviate(result.get('text') or '', 40)!r}"
-        )
-    elif kind == "TaskFailed":
-        error = data["error"]
-        detail = (
-            f"run={data['run_id']} {error['type']}: {abbreviate(error['message'])} "
-            f"retryable={data['retryable']}"
-        )
-    else:
-        detail = json.dumps(data)[:100]
-    clock = event["timestamp"][11:23]
-    return f"  [{clock}] #{event['sequence']:<3} {kind:<17} {detail}"
 
 
 # --- processes ------------------------------------------------------------------
@@ -231,10 +171,15 @@ def start_node(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def stop_process(process: subprocess.Popen[bytes], name: str, grace: float) -> int | None:
-    """SIGTERM; a second SIGTERM (the node then skips its drain) after `grace`
-    seconds or on another Ctrl-C; SIGKILL last."""
-    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+def stop_process(
+    process: subprocess.Popen[Any],
+    name: str,
+    grace: float,
+    first: signal.Signals = signal.SIGTERM,
+) -> int | None:
+    """SIGTERM (or `first`); a second SIGTERM (the node then skips its drain)
+    after `grace` seconds or on another Ctrl-C; SIGKILL last."""
+    for sig in (first, signal.SIGTERM, signal.SIGKILL):
         if process.poll() is not None:
             break
         info(f"{signal.Signals(sig).name} to the {name} (pid {process.pid})")
@@ -287,74 +232,8 @@ def create_resources(clients: Clients) -> Resources:
     return Resources(command_topic, control_bus, node_queue, server_queue, bucket)
 
 
-def demo_command(run_id: str) -> dict[str, Any]:
-    return {
-        "type": "RunTask",
-        "version": 1,
-        "run_id": run_id,
-        "task": {
-            "prompt": "Say hello to the platform team.",
-            "name": "Demo task",
-            "task_id": "demo-task",
-            "mock": {"duration_seconds": 3.0, "exit_code": 0, "output_bytes": 4000},
-        },
-    }
-
-
-def submit_task(clients: Clients, topic_arn: str, command: dict[str, Any]) -> None:
-    """Publish a RunTask on the command topic (later: `claude-code-scheduler submit`)."""
-    clients.sns.publish(TopicArn=topic_arn, Message=json.dumps(command))
-
-
-def receive_events(clients: Clients, queue_url: str, wait_seconds: int) -> list[Event]:
-    """Take what the control bus delivered to the server queue, in sequence
-    order (later: `claude-code-scheduler events`)."""
-    response = clients.sqs.receive_message(
-        QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
-    )
-    messages = response.get("Messages", [])
-    for message in messages:
-        clients.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-    events = [json.loads(message["Body"]) for message in messages]
-    return sorted(events, key=lambda event: event["sequence"])
-
-
-# --- the steps ----------------------------------------------------------------------
-
-
-def follow_events(
-    read: Callable[[], list[Event]],
-    node: subprocess.Popen[bytes],
-    record: RunRecord | None,
-    until: Callable[[Event], bool],
-    what: str,
-) -> Event:
-    """Print events as they arrive until one satisfies `until`."""
-    deadline = time.monotonic() + STEP_TIMEOUT
-    while time.monotonic() < deadline:
-        for event in read():
-            print(describe(event), flush=True)
-            if record is not None:
-                note(record, event)
-            if until(event):
-                return event
-        if node.poll() not in (None, 0):
-            raise DemoError(f"the node exited with status {node.returncode} before {what}")
-    raise DemoError(f"no {what} within {STEP_TIMEOUT:g} s")
-
-
-def note(record: RunRecord, event: Event) -> None:
-    data = event["data"]
-    if data.get("run_id") != record.run_id:
-        return
-    if event["event_type"] == "TaskOutput":
-        record.chunks[data["chunk_index"]] = data["data"]
-    elif event["event_type"] in ("TaskCompleted", "TaskFailed"):
-        record.terminal = event
-
-
-def show_log(clients: Clients, bucket: str, record: RunRecord, head: int = 2) -> None:
-    key = f"logs/{record.run_id}.log"
+def show_log(clients: Clients, bucket: str, run_id: str, head: int = 2) -> None:
+    key = f"logs/{run_id}.log"
     body = clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
     lines = body.splitlines()
     info(f"s3://{bucket}/{key}: {len(body.encode('utf-8'))} bytes, {len(lines)} lines")
@@ -364,10 +243,62 @@ def show_log(clients: Clients, bucket: str, record: RunRecord, head: int = 2) ->
         info(f"| ({len(lines) - head - 1} more lines)")
     if len(lines) > head:
         info("| " + abbreviate(lines[-1], 110))
-    same = body == record.output()
-    info(f"equals the concatenated TaskOutput chunks ({len(record.chunks)}): {same}")
-    if not same:
-        raise DemoError("the S3 log differs from the TaskOutput chunks")
+
+
+# --- the operator's commands ---------------------------------------------------------
+
+
+def client_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "claude_code_scheduler", *args]
+
+
+def show_command(args: tuple[str, ...]) -> None:
+    info(f"$ claude-code-scheduler {shlex.join(args)}")
+
+
+class EventWatcher:
+    """`claude-code-scheduler events --follow` in the background, its lines
+    echoed as they arrive and kept, so a step can wait for one."""
+
+    def __init__(self, env: dict[str, str], control_bus_arn: str) -> None:
+        args = ("events", "--follow", "--control-bus-arn", control_bus_arn)
+        show_command(args)
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        self.process = subprocess.Popen(
+            client_argv(*args),
+            env=env,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        self._thread = threading.Thread(target=self._echo, daemon=True)
+        self._thread.start()
+
+    def _echo(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            print(f"  events| {line.rstrip()}", flush=True)
+            with self._seen:
+                self.lines.append(line)
+                self._seen.notify_all()
+
+    def wait_for(self, fragment: str, node: subprocess.Popen[bytes]) -> str:
+        deadline = time.monotonic() + STEP_TIMEOUT
+        with self._seen:
+            while time.monotonic() < deadline:
+                for line in self.lines:
+                    if fragment in line:
+                        return line
+                if node.poll() not in (None, 0):
+                    raise DemoError(f"the node exited with status {node.returncode}")
+                self._seen.wait(0.5)
+        raise DemoError(f"no event with {fragment!r} within {STEP_TIMEOUT:g} s")
+
+    def stop(self) -> None:
+        # SIGINT, like Ctrl-C: it removes its subscription and reader queue.
+        stop_process(self.process, "events watcher", 15.0, first=signal.SIGINT)
 
 
 def show_file(path: Path, last: int = 40) -> None:
@@ -379,6 +310,7 @@ def show_file(path: Path, last: int = 40) -> None:
 def run_demo(work: Path) -> int:
     moto: subprocess.Popen[bytes] | None = None
     node: subprocess.Popen[bytes] | None = None
+    watcher: EventWatcher | None = None
     node_log = work / "node.log"
     try:
         heading("1. Local AWS endpoint (moto server)")
@@ -397,54 +329,51 @@ def run_demo(work: Path) -> int:
         info(f"server queue    {resources.server_queue_url}  (control bus, raw delivery)")
         info(f"log bucket      {resources.log_bucket}")
 
-        heading("3. A node in mock mode")
-        node = start_node(node_environment(endpoint, resources, work / "node-work"), node_log)
+        env = node_environment(endpoint, resources, work / "node-work")
+        heading("3. Watch the control bus")
+        watcher = EventWatcher(env, resources.control_bus_arn)
+        time.sleep(2.0)  # let it subscribe before anything happens
 
-        def read() -> list[Event]:
-            return receive_events(clients, resources.server_queue_url, wait_seconds=1)
+        heading("4. A node in mock mode")
+        node = start_node(env, node_log)
+        watcher.wait_for("NodeRegistered", node)
 
-        follow_events(
-            read, node, None, lambda e: e["event_type"] == "NodeRegistered", "NodeRegistered"
-        )
-
-        heading("4. A RunTask on the command topic")
-        record = RunRecord(f"demo-{uuid.uuid4().hex[:8]}")
-        command = demo_command(record.run_id)
-        info(json.dumps(command))
-        submit_task(clients, resources.command_topic_arn, command)
-
-        heading("5. Control-bus events, as they arrive")
-        follow_events(
-            read, node, record, lambda _event: record.terminal is not None, "TaskCompleted"
-        )
-        assert record.terminal is not None
-        if record.terminal["event_type"] != "TaskCompleted":
-            raise DemoError(f"the run failed: {record.terminal['data']['error']}")
+        heading("5. Submit a task through the command topic and follow it")
+        run_id = f"demo-{uuid.uuid4().hex[:8]}"
+        args = (
+            "submit", "--prompt", "Say hello to the platform team.", "--name", "Demo task",
+            "--run-id", run_id, "--command-topic-arn", resources.command_topic_arn,
+            "--control-bus-arn", resources.control_bus_arn, "--wait", "--wait-timeout", "60",
+        )  # fmt: skip
+        show_command(args)
+        submitted = subprocess.run(client_argv(*args), env=env, check=False, timeout=120)
+        if submitted.returncode != 0:
+            raise DemoError(f"submit --wait exited with status {submitted.returncode}")
 
         heading("6. The run's log in S3")
-        show_log(clients, resources.log_bucket, record)
+        show_log(clients, resources.log_bucket, run_id)
 
-        heading(f"7. The next heartbeat (every {HEARTBEAT_INTERVAL} s), then SIGTERM to the node")
-        follow_events(
-            read, node, None, lambda e: e["event_type"] == "NodeHeartbeat", "NodeHeartbeat"
-        )
+        heading("7. The fleet")
+        args = (
+            "nodes", "--listen", str(HEARTBEAT_INTERVAL + 1),
+            "--control-bus-arn", resources.control_bus_arn,
+        )  # fmt: skip
+        show_command(args)
+        subprocess.run(client_argv(*args), env=env, check=True, timeout=60)
+
+        heading("8. SIGTERM to the node")
         info(f"kill -TERM {node.pid}")
         node.send_signal(signal.SIGTERM)
         sent = time.monotonic()
-        follow_events(
-            read,
-            node,
-            None,
-            lambda e: e["event_type"] == "NodeDeregistered",
-            "NodeDeregistered",
-        )
+        watcher.wait_for("NodeDeregistered", node)
         info(f"NodeDeregistered {time.monotonic() - sent:.1f} s after SIGTERM")
         code = node.wait(NODE_EXIT_TIMEOUT)
         info(f"node exited with status {code} {time.monotonic() - sent:.1f} s after SIGTERM")
         if code != 0:
             raise DemoError(f"the node exited with status {code}")
+        watcher.stop()
 
-        heading("8. The node's own log")
+        heading("9. The node's own log")
         show_file(node_log)
         heading("Done: the run completed, its log is in S3, the node deregistered")
         return 0
@@ -464,6 +393,8 @@ def run_demo(work: Path) -> int:
     finally:
         if node is not None:
             stop_process(node, "node", NODE_EXIT_TIMEOUT)
+        if watcher is not None:
+            watcher.stop()
         if moto is not None:
             stop_process(moto, "moto server", 5.0)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from claude_code_scheduler.aws import Clients, make_clients
 from claude_code_scheduler.bus import (
@@ -230,9 +231,7 @@ def submit(**options: Any) -> None:
     exit 0 on TaskCompleted, 1 on TaskFailed, 124 on --wait-timeout."""
     _validate_sources(options)
     command = build_command(options)
-    topic, queue = options.get("command_topic_arn"), options.get("queue_url")
-    if bool(topic) == bool(queue):
-        raise ConfigError("give one of --command-topic-arn or --queue-url")
+    topic, queue = _send_target(click.get_current_context(), options)
     clients = _clients(options, topic, queue, options.get("control_bus_arn"))
 
     def send() -> None:
@@ -252,6 +251,24 @@ def submit(**options: Any) -> None:
         send()  # after subscribing, so no event can be missed
         code = follow_run(reader, command.run_id, options, stop)
     raise SystemExit(code)
+
+
+def _send_target(ctx: click.Context, options: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Where to send: the command topic or the queue. When both are set, one
+    given on the command line beats one from the environment (a shell set up
+    for a node has CLAUDE_NODE_QUEUE_URL)."""
+    topic, queue = options.get("command_topic_arn"), options.get("queue_url")
+    if topic and queue:
+        typed = {
+            name
+            for name in ("command_topic_arn", "queue_url")
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        }
+        if len(typed) == 1:
+            return (topic, None) if "command_topic_arn" in typed else (None, queue)
+    if bool(topic) == bool(queue):
+        raise ConfigError("give one of --command-topic-arn or --queue-url")
+    return topic, queue
 
 
 def follow_run(reader: Reader, run_id: str, options: dict[str, Any], stop: threading.Event) -> int:

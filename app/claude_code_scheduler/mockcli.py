@@ -78,6 +78,12 @@ def session_lines(prompt: str, model: str, output_bytes: int, exit_code: int) ->
     return [init, first, *padding, _line(result)]
 
 
+def _filler(size: int) -> str:
+    """ASCII text of exactly `size` bytes that reads like output."""
+    sentence = "Mock output line, standing in for the model's work. "
+    return (sentence * (size // len(sentence) + 1))[:size]
+
+
 def _padding_lines(session_id: str, model: str, budget: int) -> list[bytes]:
     """Assistant lines whose total size comes as close to `budget` as it can."""
     empty = len(_assistant(session_id, model, ""))
@@ -85,7 +91,7 @@ def _padding_lines(session_id: str, model: str, budget: int) -> list[bytes]:
     lines = []
     for index in range(count):
         share = budget // (count - index)
-        lines.append(_assistant(session_id, model, "." * max(0, share - empty)))
+        lines.append(_assistant(session_id, model, _filler(max(0, share - empty))))
         budget -= len(lines[-1])
     return lines
 
