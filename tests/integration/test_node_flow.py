@@ -149,3 +149,15 @@ def test_concurrent_runs_use_every_slot(stack, start_node):
     latest_start = max(starts[c["run_id"]]["_seen_at"] for c in (first, second))
     earliest_end = min(e["_seen_at"] for e in done)
     assert latest_start < earliest_end
+
+
+def test_a_busy_node_does_not_hold_messages_it_cannot_start(stack, start_node):
+    start_node(stack, "--mock-mode", "--poll-wait-seconds", "1")
+    first, second = command(mock={"duration_seconds": 5}), command(mock={"duration_seconds": 0.1})
+    stack.send(first)
+    stack.wait_event("TaskStarted", first["run_id"])
+    stack.send(second)
+    time.sleep(2.5)
+    # One slot, taken: the second message stays visible for other nodes.
+    assert stack.queue_counts() == (1, 1)
+    stack.wait_event("TaskCompleted", second["run_id"], timeout=30)
