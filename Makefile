@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit demo clean
+.PHONY: test lint types demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: lint types
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
+
+# Figures, not pass/fail: throughput of the output pipeline and task latency on moto.
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf $(VENV) .cache build dist
