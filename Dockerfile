@@ -1,0 +1,104 @@
+# syntax=docker/dockerfile:1
+#
+# The worker node: the claude-code-scheduler wheel on a slim Python 3.13 runtime
+# with the native Claude Code CLI binary. The runtime stage has no Node.js, no
+# build tools and no caches.
+#
+#   docker build --build-arg CLAUDE_CODE_VERSION="$(cat claude-code.version)" \
+#       -t claude-code-scheduler .
+#   docker run --rm -e CLAUDE_NODE_QUEUE_URL=... -e CLAUDE_NODE_TOPIC_ARN=... \
+#       -e CLAUDE_NODE_LOG_BUCKET=... -e ANTHROPIC_API_KEY=... claude-code-scheduler
+
+# claude-code.version holds the pin; CI passes it in. tests/infra checks that
+# this default equals that file, so a plain `docker build` gets the same CLI.
+ARG CLAUDE_CODE_VERSION=2.1.332
+
+# ---- wheel -------------------------------------------------------------------
+# The package is pure Python, so it is built once on the build machine's own
+# platform and the same wheel serves every target platform.
+FROM --platform=$BUILDPLATFORM python:3.13-slim-trixie AS wheel
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app/ app/
+# requirements.txt lists only the runtime dependencies, so the runtime stage can
+# install them in a layer of their own that outlives changes to the code.
+RUN pip wheel --no-deps --wheel-dir /dist/app . \
+ && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /dist/requirements.txt
+
+# ---- claude-code -------------------------------------------------------------
+# Node.js is needed only to install the CLI. The package's postinstall links
+# the native binary for this platform (glibc x64 or arm64, from an optional
+# dependency) over bin/claude.exe, and that one file is all the runtime needs.
+# No --ignore-scripts or --omit=optional: either leaves the small JS stub there.
+FROM node:22-bookworm-slim AS claude-code
+ARG CLAUDE_CODE_VERSION
+WORKDIR /opt/claude-code
+RUN npm install --no-audit --no-fund --loglevel=error \
+        "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" \
+ && test "$(stat -c %s node_modules/@anthropic-ai/claude-code/bin/claude.exe)" -gt 1000000
+
+# ---- runtime -----------------------------------------------------------------
+FROM python:3.13-slim-trixie AS runtime
+ARG CLAUDE_CODE_VERSION
+LABEL org.opencontainers.image.title="claude-code-scheduler" \
+      org.opencontainers.image.description="Worker node that runs Claude Code tasks from SQS and reports on an SNS control bus" \
+      claude-code.version="${CLAUDE_CODE_VERSION}"
+
+# DISABLE_AUTOUPDATER: the CLI otherwise rewrites its own install at run time.
+# SHELL: the CLI's Bash tool looks for a POSIX shell there.
+# TINI_SUBREAPER: on ECS with initProcessEnabled tini is not PID 1; as a
+# subreaper it still reaps the node's orphans.
+# CLAUDE_NODE_WORK_DIR: run directories, spooled logs and the state file the
+# HEALTHCHECK reads; a volume, writable under a read-only root filesystem.
+# HOME: the CLI keeps ~/.claude there; set explicitly rather than left to the
+# runtime's passwd lookup for the numeric USER.
+ENV PYTHONUNBUFFERED=1 \
+    HOME=/home/claude \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    DISABLE_AUTOUPDATER=1 \
+    SHELL=/bin/bash \
+    TINI_SUBREAPER=1 \
+    CLAUDE_NODE_WORK_DIR=/work
+
+# DL3008 (pin apt package versions) is ignored: a Debian release's archive keeps
+# only the newest build of a package and binNMU suffixes differ between amd64
+# and arm64, so an exact pin breaks the build; the base image tag fixes the
+# release (trixie) and so the package line.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
+
+# The CLI refuses bypassPermissions as root, so the node runs as `claude`.
+RUN groupadd --system --gid 10001 claude \
+ && useradd --system --uid 10001 --gid claude --home-dir /home/claude --create-home \
+        --shell /bin/bash claude \
+ && install -d -o claude -g claude -m 0750 /work
+
+COPY --from=claude-code /opt/claude-code/node_modules/@anthropic-ai/claude-code/bin/claude.exe \
+     /usr/local/bin/claude
+
+# Dependencies first, in their own layer; then the application.
+RUN --mount=type=bind,from=wheel,source=/dist/requirements.txt,target=/tmp/requirements.txt \
+    pip install --requirement /tmp/requirements.txt
+RUN --mount=type=bind,from=wheel,source=/dist/app,target=/tmp/app \
+    pip install --no-deps /tmp/app/*.whl
+
+USER 10001:10001
+WORKDIR /work
+# Everything the node and the CLI write: the work root, the CLI's ~/.claude
+# and temporary files. Declared here so that ECS bind mounts at these paths
+# start with this ownership and mode, and `docker run --read-only` works.
+VOLUME ["/work", "/home/claude", "/tmp"]
+
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["claude-code-scheduler", "healthcheck"]
+
+ENTRYPOINT ["tini", "--", "claude-code-scheduler"]
+CMD ["node"]

@@ -1,0 +1,147 @@
+"""The Dockerfile, .dockerignore and the workflows that build the image."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from claude_code_scheduler.cli import cli
+from tests.infra import support
+from tests.infra.support import Instruction
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[Instruction]:
+    return support.dockerfile()
+
+
+@pytest.fixture(scope="module")
+def runtime(instructions: list[Instruction]) -> list[Instruction]:
+    last_stage = instructions[-1].stage
+    return [i for i in instructions if i.stage == last_stage]
+
+
+def env_of(stage: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.keyword == "ENV":
+            for word in support.shell_words(instruction.arguments):
+                name, _, value = word.partition("=")
+                env[name] = value
+    return env
+
+
+def test_cli_version_default_equals_the_pin_file(instructions: list[Instruction]) -> None:
+    args = [i.arguments for i in instructions if i.keyword == "ARG"]
+    defaults = [a.split("=", 1)[1] for a in args if a.startswith("CLAUDE_CODE_VERSION=")]
+    assert defaults == [support.claude_code_version()]
+
+
+def test_workflows_build_with_the_pinned_cli_version() -> None:
+    for workflow in support.WORKFLOWS.glob("*.yml"):
+        text = workflow.read_text()
+        if "build-push-action" not in text:
+            continue
+        builds = text.count("uses: docker/build-push-action")
+        pinned = len(re.findall(r"build-args: CLAUDE_CODE_VERSION=\$\{\{ steps\.claude", text))
+        assert pinned == builds, f"{workflow.name}: a build without the pinned CLI version"
+        assert "claude-code.version" in text
+
+
+def test_multi_stage_with_a_slim_python_313_runtime(instructions: list[Instruction]) -> None:
+    froms = [i.arguments for i in instructions if i.keyword == "FROM"]
+    assert len(froms) >= 3
+    runtime_image = froms[-1].split()[0]
+    assert re.fullmatch(r"python:3\.13(\.\d+)?-slim(-\w+)?", runtime_image), runtime_image
+    assert any(f.split()[-1] == "wheel" for f in froms)
+    assert any(re.match(r"node:\d+", f) for f in froms)
+
+
+def test_runtime_has_no_node_and_only_the_cli_binary(runtime: list[Instruction]) -> None:
+    copies = [i.arguments for i in runtime if i.keyword == "COPY"]
+    from_node = [c for c in copies if "--from=claude-code" in c]
+    assert len(from_node) == 1
+    source, target = from_node[0].split()[-2:]
+    assert source.endswith("node_modules/@anthropic-ai/claude-code/bin/claude.exe")
+    assert target == "/usr/local/bin/claude"
+    runs = " ".join(i.arguments for i in runtime if i.keyword == "RUN")
+    assert "npm" not in runs
+    assert "nodejs" not in runs
+
+
+def test_dependencies_install_before_the_application(runtime: list[Instruction]) -> None:
+    pip = [i.arguments for i in runtime if i.keyword == "RUN" and "pip install" in i.arguments]
+    assert len(pip) == 2
+    assert "requirements.txt" in pip[0]
+    assert "--no-deps" in pip[1]
+    assert ".whl" in pip[1]
+
+
+def test_runtime_environment(runtime: list[Instruction]) -> None:
+    env = env_of(runtime)
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["DISABLE_AUTOUPDATER"] == "1"
+    assert env["CLAUDE_NODE_WORK_DIR"] == "/work"
+    assert env.get("PIP_NO_CACHE_DIR") == "1"
+
+
+def test_runs_as_a_non_root_user(runtime: list[Instruction]) -> None:
+    (user,) = [i.arguments for i in runtime if i.keyword == "USER"]
+    assert user.split(":")[0] not in ("root", "0")
+
+
+def test_tini_from_debian_and_the_entrypoint(runtime: list[Instruction]) -> None:
+    runs = " ".join(i.arguments for i in runtime if i.keyword == "RUN")
+    assert re.search(r"apt-get install .*\btini\b", runs)
+    assert "rm -rf /var/lib/apt/lists/*" in runs
+    (entrypoint,) = [i.arguments for i in runtime if i.keyword == "ENTRYPOINT"]
+    assert support.exec_form(entrypoint) == ["tini", "--", "claude-code-scheduler"]
+    (cmd,) = [i.arguments for i in runtime if i.keyword == "CMD"]
+    assert support.exec_form(cmd) == ["node"]
+
+
+def test_healthcheck_runs_the_healthcheck_subcommand(runtime: list[Instruction]) -> None:
+    (healthcheck,) = [i.arguments for i in runtime if i.keyword == "HEALTHCHECK"]
+    command = healthcheck[healthcheck.index("CMD") + len("CMD") :].strip()
+    assert support.exec_form(command) == ["claude-code-scheduler", "healthcheck"]
+    assert "healthcheck" in cli.commands
+
+
+def test_volumes_are_the_writable_paths_of_the_ecs_task(runtime: list[Instruction]) -> None:
+    volumes = set()
+    for instruction in runtime:
+        if instruction.keyword == "VOLUME":
+            volumes |= set(support.exec_form(instruction.arguments))
+    assert env_of(runtime)["CLAUDE_NODE_WORK_DIR"] in volumes
+    task = support.read_json(support.TASK_DEFINITION)
+    (container,) = task["containerDefinitions"]
+    assert {m["containerPath"] for m in container["mountPoints"]} == volumes
+
+
+def test_ignored_rules_say_why() -> None:
+    lines = support.DOCKERFILE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        match = re.search(r"hadolint ignore=([\w,]+)", line)
+        if not match:
+            continue
+        for rule in match.group(1).split(","):
+            before = "\n".join(lines[max(0, number - 8) : number])
+            assert f"{rule} (" in before, f"line {number + 1}: no reason given for ignoring {rule}"
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    patterns = [
+        line.strip()
+        for line in (support.REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # An allow-list: everything is out unless listed.
+    assert patterns[0] == "*"
+    allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "app"}
+    copied = set()
+    for instruction in support.dockerfile():
+        if instruction.keyword == "COPY" and "--from" not in instruction.arguments:
+            copied |= {w.rstrip("/") for w in instruction.arguments.split()[:-1]}
+    assert copied <= allowed, f"COPY of files the context does not hold: {copied - allowed}"
