@@ -20,6 +20,7 @@ types: $(STAMP)
 	$(BIN)/mypy
 
 test: lint types
+	scripts/install-claude.sh
 	$(BIN)/pytest -q
 
 demo: $(STAMP)

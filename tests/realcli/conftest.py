@@ -1,0 +1,49 @@
+"""Fixtures for the tests that drive the genuine Claude Code CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI
+from tests.realcli.claude_cli import pinned_binary, probe
+
+_skip_reasons: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def claude_bin() -> Path:
+    """The pinned CLI. Missing: the test fails under CI=true, else it is skipped."""
+    binary = pinned_binary()
+    reason = probe(binary)
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"CI=true and the genuine CLI is needed: {reason}", pytrace=False)
+        if reason not in _skip_reasons:
+            _skip_reasons.append(reason)
+        pytest.skip(reason)
+    return binary
+
+
+@dataclass(frozen=True)
+class RunDirs:
+    cwd: Path
+    home: Path
+    tmp: Path
+
+
+@pytest.fixture
+def run_dirs(tmp_path: Path) -> RunDirs:
+    """A working directory, a fresh HOME and a CLAUDE_CODE_TMPDIR for one CLI run."""
+    dirs = RunDirs(tmp_path / "work", tmp_path / "home", tmp_path / "tmp")
+    for path in (dirs.cwd, dirs.home, dirs.tmp):
+        path.mkdir()
+    return dirs
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for reason in _skip_reasons:
+        terminalreporter.write_line(f"tests/realcli skipped: {reason}", yellow=True)
