@@ -54,6 +54,25 @@ def _default_log_format() -> str:
     return "text" if sys.stderr.isatty() else "json"
 
 
+# Shared by `node` and `healthcheck`, which must agree on where the state file is.
+work_dir_option = click.option(
+    "--work-dir",
+    envvar="CLAUDE_NODE_WORK_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Work root: run directories, spooled logs, the state file. "
+    "Default: <tmp>/claude-code-scheduler.",
+)
+state_file_option = click.option(
+    "--state-file",
+    envvar="CLAUDE_NODE_STATE_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where the node records its last heartbeat for `healthcheck`. "
+    "Default: <work-dir>/node-state.json.",
+)
+
+
 @cli.command()
 @click.option("--queue-url", envvar="CLAUDE_NODE_QUEUE_URL", help="SQS queue to take tasks from.")
 @click.option("--topic-arn", envvar="CLAUDE_NODE_TOPIC_ARN", help="SNS control bus for events.")
@@ -124,21 +143,8 @@ def _default_log_format() -> str:
     show_default=True,
     help="The Claude Code CLI.",
 )
-@click.option(
-    "--work-dir",
-    envvar="CLAUDE_NODE_WORK_DIR",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where run directories and spooled logs go. Default: <tmp>/claude-code-scheduler.",
-)
-@click.option(
-    "--state-file",
-    envvar="CLAUDE_NODE_STATE_FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Where the node records its last heartbeat for `healthcheck`. "
-    "Default: <work-dir>/node-state.json.",
-)
+@work_dir_option
+@state_file_option
 @click.option(
     "--kill-grace",
     envvar="CLAUDE_NODE_KILL_GRACE",
@@ -256,20 +262,8 @@ def run_node(options: dict[str, Any]) -> int:
 
 
 @cli.command()
-@click.option(
-    "--state-file",
-    envvar="CLAUDE_NODE_STATE_FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The node's state file. Default: <work-dir>/node-state.json.",
-)
-@click.option(
-    "--work-dir",
-    envvar="CLAUDE_NODE_WORK_DIR",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The node's work root, when --state-file is not given.",
-)
+@state_file_option
+@work_dir_option
 def healthcheck(state_file: Path | None, work_dir: Path | None) -> None:
     """Exit 0 if the node here heartbeated within 3 intervals, else 1."""
     path = state_file or health.default_state_file(work_dir or default_work_dir())
