@@ -19,7 +19,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from claude_code_scheduler import __version__, ecs, health, logsetup
+from claude_code_scheduler import __version__, ecs, health, logsetup, reaper
 from claude_code_scheduler.aws import BusClient, LogStore, QueueClient, make_clients
 from claude_code_scheduler.client_cli import COMMANDS
 from claude_code_scheduler.config import (
@@ -35,7 +35,7 @@ from claude_code_scheduler.leases import LeaseKeeper
 from claude_code_scheduler.node import Node, registration_data
 from claude_code_scheduler.outbox import Outbox
 from claude_code_scheduler.protection import TaskProtection
-from claude_code_scheduler.startup import check_claude, check_queue
+from claude_code_scheduler.startup import check_claude, check_queue, real_mode_warnings
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -143,6 +143,21 @@ state_file_option = click.option(
     show_default=True,
     help="The Claude Code CLI.",
 )
+@click.option(
+    "--claude-max-retries",
+    envvar="CLAUDE_NODE_CLAUDE_MAX_RETRIES",
+    type=click.IntRange(min=0),
+    default=None,
+    help="CLAUDE_CODE_MAX_RETRIES for the CLI: API retries per request. "
+    "Default: the CLI's own (10, about 3 minutes).",
+)
+@click.option(
+    "--pass-aws-credentials",
+    envvar="CLAUDE_NODE_PASS_AWS_CREDENTIALS",
+    is_flag=True,
+    help="Give the CLI the node's AWS credentials (for CLAUDE_CODE_USE_BEDROCK). "
+    "Default: they are removed from its environment.",
+)
 @work_dir_option
 @state_file_option
 @click.option(
@@ -215,6 +230,8 @@ def build_config(options: dict[str, Any], ecs_metadata: dict[str, Any] | None) -
         work_dir=work_dir,
         state_file=options.get("state_file") or health.default_state_file(work_dir),
         kill_grace=options["kill_grace"],
+        pass_aws_credentials=options["pass_aws_credentials"],
+        claude_max_retries=options["claude_max_retries"],
     )
 
 
@@ -225,6 +242,8 @@ def run_node(options: dict[str, Any]) -> int:
     if not config.mock_mode:
         path, claude_version = check_claude(config.claude_bin)
         log.info("claude CLI %s at %s", claude_version, path)
+        for warning in real_mode_warnings(config, os.environ, os.geteuid()):
+            log.warning(warning)
     clients = make_clients(
         region=config.region, profile=config.profile, endpoint_url=config.endpoint_url
     )
@@ -258,6 +277,9 @@ def run_node(options: dict[str, Any]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # After the start-up checks, whose own children must not be reaped here.
+    if reaper.become_subreaper():
+        log.debug("child subreaper: orphaned tool processes reparent to the node")
     return worker.run()
 
 

@@ -147,6 +147,10 @@ class NodeConfig:
     state_file: Path = Path("/tmp/claude-code-scheduler/node-state.json")  # noqa: S108
     # Seconds between SIGTERM to the CLI and SIGKILL to its process group.
     kill_grace: float = 3.0
+    # Hand the node's AWS credentials to the CLI (for CLAUDE_CODE_USE_BEDROCK).
+    pass_aws_credentials: bool = False
+    # CLAUDE_CODE_MAX_RETRIES for the CLI; None leaves the CLI's default (10).
+    claude_max_retries: int | None = None
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -164,6 +168,10 @@ class NodeConfig:
                 f"--poll-wait-seconds: must be from 1 to {MAX_POLL_WAIT_SECONDS} (the SQS limit)",
             ),
             (self.kill_grace >= 0, "--kill-grace: must not be negative"),
+            (
+                self.claude_max_retries is None or self.claude_max_retries >= 0,
+                "--claude-max-retries: must not be negative",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -11,9 +11,11 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -21,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from claude_code_scheduler import reaper
 from claude_code_scheduler.output import OutputRecorder
 from claude_code_scheduler.protocol import RESULT_TEXT_LIMIT, TaskSpec
+from claude_code_scheduler.reaper import RUN_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,14 @@ STRIPPED_ENV_NAMES = frozenset(
 STRIPPED_ENV_PREFIXES = ("AWS_CONTAINER_CREDENTIALS_", "AWS_CONTAINER_AUTHORIZATION_TOKEN")
 # Set inside a Claude Code session; the CLI refuses to start nested when it sees it.
 NESTED_SESSION_VAR = "CLAUDECODE"
+# How often the CLI retries a failed API request (its default is 10, about 3 minutes).
+MAX_RETRIES_VAR = "CLAUDE_CODE_MAX_RETRIES"
+# The CLI's words when it refuses bypassPermissions to root (2.1.332).
+ROOT_REFUSAL_MARK = "cannot be used with root/sudo privileges"
+ROOT_ADVICE = (
+    "The node runs as root, and the Claude CLI refuses bypassPermissions to root: "
+    "run the node as a non-root user (the image runs as uid 10001)."
+)
 
 READ_SIZE = 64 * 1024
 MAX_READS_PER_TURN = 32
@@ -55,15 +67,76 @@ STDERR_TAIL_CHARS = 4096
 PIPE_DRAIN_SECONDS = 2.0
 
 
-def child_environment(base: Mapping[str, str], task_env: Mapping[str, str]) -> dict[str, str]:
+@dataclass(frozen=True)
+class RunDirs:
+    """A run's scratch: the CLI's working directory, its config and its temp files.
+
+    The config and temp folders keep what the CLI writes outside its cwd (its
+    session transcript, settings, tool output, sockets) inside the run, so
+    that removing `root` after the run leaves nothing behind.
+    """
+
+    root: Path
+
+    @classmethod
+    def create(cls, work_dir: Path, run_id: str) -> RunDirs:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        # Short on purpose: the CLI puts a unix socket under tmp, and socket
+        # paths are limited to 107 bytes.
+        root = Path(tempfile.mkdtemp(prefix=f"run-{run_id[:24]}-", dir=work_dir))
+        dirs = cls(root)
+        for path in (dirs.cwd, dirs.config, dirs.tmp):
+            path.mkdir()
+        return dirs
+
+    @property
+    def cwd(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "claude"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def child_environment(
+    base: Mapping[str, str],
+    task_env: Mapping[str, str],
+    *,
+    run_id: str,
+    dirs: RunDirs | None = None,
+    keep_aws_credentials: bool = False,
+    claude_max_retries: int | None = None,
+) -> dict[str, str]:
+    """The CLI's environment: the node's, without its AWS credentials unless the
+    operator passes them on purpose, then the task's own, then the run marker.
+
+    Where the node's environment names no config or temp folder of its own,
+    the run's scratch folders are used.
+    """
     env = {
         name: value
         for name, value in base.items()
-        if name not in STRIPPED_ENV_NAMES
-        and name != NESTED_SESSION_VAR
-        and not name.startswith(STRIPPED_ENV_PREFIXES)
+        if name != NESTED_SESSION_VAR
+        and (
+            keep_aws_credentials
+            or (name not in STRIPPED_ENV_NAMES and not name.startswith(STRIPPED_ENV_PREFIXES))
+        )
     }
+    if dirs is not None:
+        env.setdefault("CLAUDE_CONFIG_DIR", str(dirs.config))
+        env.setdefault("CLAUDE_CODE_TMPDIR", str(dirs.tmp))
+        env.setdefault("TMPDIR", str(dirs.tmp))
+    if claude_max_retries is not None:
+        env[MAX_RETRIES_VAR] = str(claude_max_retries)
     env.update(task_env)
+    env[RUN_MARKER] = run_id  # last: how the reaper finds the run's processes
     return env
 
 
@@ -190,7 +263,15 @@ def succeeded(outcome: RunOutcome) -> bool:
 
 
 def failure_message(outcome: RunOutcome) -> str:
-    """The CLI's own words for why a run failed."""
+    """The CLI's own words for why a run failed, and what to do where the
+    words alone do not say."""
+    message = _cli_words(outcome)
+    if ROOT_REFUSAL_MARK in outcome.stderr_tail:
+        message = f"{message}\n{ROOT_ADVICE}"
+    return message
+
+
+def _cli_words(outcome: RunOutcome) -> str:
     result = outcome.result
     if result is not None:
         text = result.get("result")
@@ -222,6 +303,7 @@ class ProcessRun:
         timeout: float,
         kill_grace: float,
         cancel: threading.Event,
+        run_id: str | None = None,
         clock: Any = time.monotonic,
     ) -> None:
         self._argv = argv
@@ -231,6 +313,7 @@ class ProcessRun:
         self._timeout = timeout
         self._kill_grace = kill_grace
         self._cancel = cancel
+        self._run_id = run_id
         self._clock = clock
         self._chunks: queue.Queue[tuple[str, bytes | None]] = queue.Queue(maxsize=64)
         self._tracker = ResultTracker()
@@ -239,17 +322,25 @@ class ProcessRun:
     def run(self) -> RunOutcome:
         started = self._clock()
         try:
-            process = subprocess.Popen(
-                self._argv,
-                cwd=self._cwd,
-                env=self._env,
-                stdin=subprocess.DEVNULL,  # with an open pipe the CLI waits for input
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # its own process group, killed as one
-            )
+            with reaper.spawning() as own_children:
+                process = subprocess.Popen(
+                    self._argv,
+                    cwd=self._cwd,
+                    env=self._env,
+                    stdin=subprocess.DEVNULL,  # with an open pipe the CLI waits for input
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,  # its own process group, killed as one
+                )
+                own_children.add(process.pid)
         except OSError as exc:
             return RunOutcome(None, self._clock() - started, 0, None, "", spawn_error=str(exc))
+        try:
+            return self._watch(process, started)
+        finally:
+            reaper.forget(process.pid)
+
+    def _watch(self, process: subprocess.Popen[bytes], started: float) -> RunOutcome:
         assert process.stdout is not None and process.stderr is not None
         readers = [
             self._start_reader("stdout", process.stdout.fileno()),
@@ -309,16 +400,24 @@ class ProcessRun:
             if kill_at is not None and now >= kill_at and process.poll() is None:
                 self._signal(process, signal.SIGKILL, group=True)
             if drain_until is None and process.poll() is not None:
-                # The CLI is gone: whatever is left of its group has no business running.
-                self._signal(process, signal.SIGKILL, group=True)
+                # The CLI is gone: whatever is left of the run has no business running.
+                self._kill_leftovers(process)
                 drain_until = now + PIPE_DRAIN_SECONDS
             if drain_until is not None and now >= drain_until:
                 log.warning("a process outside the run's group holds its output open; moving on")
                 break
             open_streams -= self._take_output(self._next_wait(now, deadline, kill_at))
         process.wait()
-        self._signal(process, signal.SIGKILL, group=True)
+        self._kill_leftovers(process)
         return timed_out, cancelled
+
+    def _kill_leftovers(self, process: subprocess.Popen[bytes]) -> None:
+        """The CLI's group, and the tool processes that left it (see reaper)."""
+        self._signal(process, signal.SIGKILL, group=True)
+        if self._run_id is not None:
+            killed = reaper.kill_run(self._run_id)
+            if killed:
+                log.info("killed %d leftover process(es)", killed, extra={"run_id": self._run_id})
 
     def _next_wait(self, now: float, deadline: float, kill_at: float | None) -> float:
         wakes = [deadline, now + 0.2]

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from claude_code_scheduler import health
+from claude_code_scheduler import health, reaper
 from claude_code_scheduler.aws import LogStore, QueueClient, ReceivedMessage, error_code
 from claude_code_scheduler.config import ConfigError, NodeConfig
 from claude_code_scheduler.leases import LeaseKeeper
@@ -307,6 +307,10 @@ class Node:
                 self._lock.notify_all()
             if late_duplicate:
                 (self._leases.release if handed_back else self._leases.finish)(run.run_id)
+            if not self._busy():
+                # Every orphan now is a leftover of a run that ended, even one
+                # that shed the run's marker.
+                reaper.kill_orphans()
             self._protection.sync(self._busy)
 
     # --- heartbeats -------------------------------------------------------------

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -24,6 +22,7 @@ from claude_code_scheduler.aws import LogStore, error_code
 from claude_code_scheduler.config import NodeConfig, log_key
 from claude_code_scheduler.execution import (
     ProcessRun,
+    RunDirs,
     RunOutcome,
     child_environment,
     claude_argv,
@@ -118,29 +117,37 @@ class TaskRun:
 
     def _run_process(self, spool: Path) -> RunOutcome:
         task = self._command.task
-        self._config.work_dir.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f"run-{self.run_id}-", dir=self._config.work_dir))
+        dirs = RunDirs.create(self._config.work_dir, self.run_id)
         argv = (
             mock_argv(task)
             if self._config.mock_mode
             else claude_argv(self._config.claude_bin, task)
+        )
+        env = child_environment(
+            self._environ,
+            task.env,
+            run_id=self.run_id,
+            dirs=dirs,
+            keep_aws_credentials=self._config.pass_aws_credentials,
+            claude_max_retries=self._config.claude_max_retries,
         )
         try:
             with open_spool(spool) as log_file:
                 batcher = OutputBatcher(self._emit_output)
                 process = ProcessRun(
                     argv,
-                    cwd=workdir,
-                    env=child_environment(self._environ, task.env),
+                    cwd=dirs.cwd,
+                    env=env,
                     recorder=OutputRecorder(log_file, batcher),
                     timeout=self._timeout,
                     kill_grace=self._config.kill_grace,
                     cancel=self._control.cancel,
+                    run_id=self.run_id,
                     clock=self._clock,
                 )
                 return process.run()
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            dirs.remove()
 
     def _emit_output(self, stream: str, text: str) -> None:
         event = task_output(self.run_id, self._chunk_index, stream, text)

@@ -1,4 +1,5 @@
-"""Start-up checks that need the outside world: the queue and the Claude CLI.
+"""Start-up checks that need the outside world: the queue and the Claude CLI,
+and the warnings a real-mode node gives about its environment.
 
 Each failure becomes a ConfigError naming the option, so the command line can
 print one line and exit 2 instead of a traceback.
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Mapping
 
 import botocore.exceptions
 import tenacity
 
 from claude_code_scheduler.aws import QueueClient, error_code, is_transient
-from claude_code_scheduler.config import ConfigError
+from claude_code_scheduler.config import ConfigError, NodeConfig
 
 _MISSING_QUEUE = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 _DENIED = frozenset(
@@ -84,3 +86,37 @@ def check_claude(claude_bin: str) -> tuple[str, str]:
             + (f": {detail[-1]}" if detail else "")
         )
     return path, (done.stdout.strip().splitlines() or ["unknown"])[0]
+
+
+# Any one of these lets the CLI reach a model without a `claude login`.
+CLAUDE_CREDENTIAL_VARS = (
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CLAUDE_CODE_USE_BEDROCK",
+    "CLAUDE_CODE_USE_VERTEX",
+)
+
+
+def real_mode_warnings(config: NodeConfig, environ: Mapping[str, str], euid: int) -> list[str]:
+    """What a real-mode node should tell its operator at start-up. None of it
+    stops the node: a task may bring its own key, and only some tasks ask for
+    bypassPermissions."""
+    warnings = []
+    if euid == 0:
+        warnings.append(
+            "running as root: the Claude CLI refuses permission_mode bypassPermissions "
+            "to root, so such tasks will fail; run the node as a non-root user"
+        )
+    if not any(environ.get(name) for name in CLAUDE_CREDENTIAL_VARS):
+        warnings.append(
+            "no Claude credentials in the environment ("
+            + ", ".join(CLAUDE_CREDENTIAL_VARS)
+            + "): runs fail with 'Not logged in' unless their task's env brings a key"
+        )
+    if config.pass_aws_credentials:
+        warnings.append(
+            "--pass-aws-credentials: the CLI and every tool it runs act with the node's "
+            "AWS credentials"
+        )
+    return warnings

@@ -17,6 +17,7 @@ from claude_code_scheduler.config import (
     resolve_region,
     validate_bucket,
 )
+from claude_code_scheduler.startup import real_mode_warnings
 
 # --- queue URLs ---------------------------------------------------------------
 
@@ -261,6 +262,7 @@ def test_defaults_are_valid() -> None:
         ({"max_concurrent_tasks": 0}, "--max-concurrent-tasks"),
         ({"shutdown_timeout": -1}, "--shutdown-timeout"),
         ({"node_id": "  "}, "--node-id"),
+        ({"claude_max_retries": -1}, "--claude-max-retries"),
     ],
 )
 def test_node_config_rejects(overrides: dict[str, Any], option: str) -> None:
@@ -277,9 +279,36 @@ def test_node_config_rejects(overrides: dict[str, Any], option: str) -> None:
         {"task_timeout": 43200},
         {"shutdown_timeout": 0},
         {"max_concurrent_tasks": 8},
+        {"claude_max_retries": 0},
+        {"claude_max_retries": None},
     ],
 )
 def test_node_config_accepts_bounds(overrides: dict[str, Any]) -> None:
     config = make_config(**overrides)
     for key, value in overrides.items():
         assert getattr(config, key) == value
+
+
+# --- real-mode warnings -------------------------------------------------------------
+
+
+def test_a_root_node_is_told_about_bypass_permissions() -> None:
+    warnings = real_mode_warnings(make_config(), {"ANTHROPIC_API_KEY": "k"}, euid=0)
+    assert len(warnings) == 1
+    assert "root" in warnings[0] and "bypassPermissions" in warnings[0]
+    assert real_mode_warnings(make_config(), {"ANTHROPIC_API_KEY": "k"}, euid=10001) == []
+
+
+@pytest.mark.parametrize(
+    "credential", ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_USE_BEDROCK"]
+)
+def test_any_claude_credential_silences_the_login_warning(credential: str) -> None:
+    assert real_mode_warnings(make_config(), {credential: "1"}, euid=1000) == []
+
+
+def test_missing_claude_credentials_and_passed_aws_credentials_are_named() -> None:
+    config = make_config(pass_aws_credentials=True)
+    warnings = real_mode_warnings(config, {"ANTHROPIC_API_KEY": ""}, euid=1000)
+    assert len(warnings) == 2
+    assert "Not logged in" in warnings[0]
+    assert warnings[1].startswith("--pass-aws-credentials: ")

@@ -17,8 +17,13 @@ from typing import Any
 import pytest
 
 from claude_code_scheduler.execution import (
+    MAX_RETRIES_VAR as MAX_RETRIES,
+)
+from claude_code_scheduler.execution import (
+    ROOT_ADVICE,
     ProcessRun,
     ResultTracker,
+    RunDirs,
     RunOutcome,
     child_environment,
     claude_argv,
@@ -29,6 +34,7 @@ from claude_code_scheduler.execution import (
 )
 from claude_code_scheduler.output import OutputBatcher, OutputRecorder
 from claude_code_scheduler.protocol import MockSpec, TaskSpec
+from claude_code_scheduler.reaper import RUN_MARKER
 
 # --- environment ----------------------------------------------------------------
 
@@ -47,15 +53,67 @@ def test_child_environment_strips_node_credentials_and_adds_task_env() -> None:
         "CLAUDECODE": "1",
         "ANTHROPIC_API_KEY": "sk-ant",
     }
-    env = child_environment(base, {"FOO": "bar", "PATH": "/opt/bin"})
+    env = child_environment(base, {"FOO": "bar", "PATH": "/opt/bin"}, run_id="r1")
     assert env == {
         "PATH": "/opt/bin",
         "HOME": "/root",
         "AWS_REGION": "us-east-1",
         "ANTHROPIC_API_KEY": "sk-ant",
         "FOO": "bar",
+        RUN_MARKER: "r1",
     }
     assert base["AWS_ACCESS_KEY_ID"] == "AKIA...", "the node's own environment is untouched"
+
+
+def test_pass_aws_credentials_keeps_them_on_purpose() -> None:
+    base = {
+        "AWS_ACCESS_KEY_ID": "AKIA...",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc",
+        "CLAUDECODE": "1",
+    }
+    env = child_environment(base, {}, run_id="r1", keep_aws_credentials=True)
+    assert env == {
+        "AWS_ACCESS_KEY_ID": "AKIA...",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc",
+        RUN_MARKER: "r1",
+    }
+
+
+def test_run_dirs_are_the_default_config_and_temp_folders(tmp_path: Path) -> None:
+    dirs = RunDirs.create(tmp_path / "work-root", "run-" + "x" * 120)
+    assert dirs.cwd.is_dir() and dirs.config.is_dir() and dirs.tmp.is_dir()
+    assert dirs.root.parent == tmp_path / "work-root"
+    assert len(dirs.root.name) < 40, "a long run id must not make the socket path too long"
+    env = child_environment({"PATH": "/bin"}, {}, run_id="r1", dirs=dirs)
+    assert env["CLAUDE_CONFIG_DIR"] == str(dirs.config)
+    assert env["CLAUDE_CODE_TMPDIR"] == str(dirs.tmp)
+    assert env["TMPDIR"] == str(dirs.tmp)
+    dirs.remove()
+    assert not dirs.root.exists()
+
+
+def test_the_operators_own_config_folder_wins(tmp_path: Path) -> None:
+    dirs = RunDirs.create(tmp_path, "r1")
+    base = {"CLAUDE_CONFIG_DIR": "/etc/claude", "TMPDIR": "/scratch"}
+    env = child_environment(base, {}, run_id="r1", dirs=dirs)
+    assert env["CLAUDE_CONFIG_DIR"] == "/etc/claude"
+    assert env["TMPDIR"] == "/scratch"
+    assert env["CLAUDE_CODE_TMPDIR"] == str(dirs.tmp)
+
+
+def test_max_retries_option_is_a_default_the_task_may_override() -> None:
+    base = {"CLAUDE_CODE_MAX_RETRIES": "7"}
+    assert child_environment(base, {}, run_id="r", claude_max_retries=2)[MAX_RETRIES] == "2"
+    assert child_environment(base, {}, run_id="r")[MAX_RETRIES] == "7"
+    task_env = {MAX_RETRIES: "0"}
+    assert child_environment(base, task_env, run_id="r", claude_max_retries=2)[MAX_RETRIES] == "0"
+
+
+def test_the_task_cannot_change_the_run_marker() -> None:
+    env = child_environment({}, {RUN_MARKER: "someone-else"}, run_id="mine")
+    assert env[RUN_MARKER] == "mine"
 
 
 @pytest.mark.parametrize(
@@ -70,12 +128,17 @@ def test_child_environment_strips_node_credentials_and_adds_task_env() -> None:
     ],
 )
 def test_child_environment_strips_other_credential_sources(name: str) -> None:
-    assert child_environment({name: "x", "KEEP": "y"}, {}) == {"KEEP": "y"}
+    assert child_environment({name: "x", "KEEP": "y"}, {}, run_id="r") == {
+        "KEEP": "y",
+        RUN_MARKER: "r",
+    }
 
 
 def test_task_env_may_set_its_own_credentials() -> None:
-    env = child_environment({"AWS_ACCESS_KEY_ID": "node"}, {"AWS_ACCESS_KEY_ID": "task"})
-    assert env == {"AWS_ACCESS_KEY_ID": "task"}
+    env = child_environment(
+        {"AWS_ACCESS_KEY_ID": "node"}, {"AWS_ACCESS_KEY_ID": "task"}, run_id="r"
+    )
+    assert env == {"AWS_ACCESS_KEY_ID": "task", RUN_MARKER: "r"}
 
 
 # --- argv -------------------------------------------------------------------------
@@ -320,6 +383,17 @@ def test_a_clean_result_is_not_enough(run: RunOutcome) -> None:
     assert not succeeded(run)
 
 
+def test_the_root_refusal_comes_with_what_to_do() -> None:
+    refusal = (
+        "--dangerously-skip-permissions cannot be used with root/sudo privileges "
+        "for security reasons\n"
+    )
+    message = failure_message(RunOutcome(1, 0.3, 0, None, refusal))
+    assert message.startswith(refusal.strip())
+    assert message.endswith(ROOT_ADVICE)
+    assert "non-root user" in message
+
+
 def test_failure_message_is_cut_to_4096_bytes() -> None:
     run = outcome(1, {"type": "result", "is_error": True, "result": "😀" * 2000})
     message = failure_message(run)
@@ -347,6 +421,7 @@ class Harness:
         timeout: float = 20.0,
         kill_grace: float = 0.5,
         env: dict[str, str] | None = None,
+        run_id: str | None = None,
     ) -> RunOutcome:
         return ProcessRun(
             argv,
@@ -356,6 +431,7 @@ class Harness:
             timeout=timeout,
             kill_grace=kill_grace,
             cancel=self.cancel,
+            run_id=run_id,
         ).run()
 
     def text(self) -> str:
@@ -488,6 +564,40 @@ def test_a_detached_grandchild_in_the_group_is_killed_at_the_end(harness: Harnes
     run = harness.run(python(GRANDCHILD.format(redirect=redirect)))
     assert run.exit_code == 0
     assert (harness.cwd / "alive").exists(), "the grandchild was running"
+    assert wait_gone(int(harness.text().strip()))
+
+
+# A tool process the way the CLI starts one: a session of its own, outside
+# the CLI's process group, and left running when the CLI exits.
+ESCAPEE = """
+import os, subprocess, sys, time
+sleeper = "import os, time; open('alive', 'w').close(); time.sleep(300)"
+child = subprocess.Popen(
+    [sys.executable, "-c", sleeper], start_new_session=True,
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+while not os.path.exists("alive"):
+    time.sleep(0.01)
+print(child.pid, flush=True)
+"""
+
+
+def test_a_process_in_a_session_of_its_own_outlives_the_group_kill(harness: Harness) -> None:
+    # Without the run's marker the group kill alone misses it: why the reaper exists.
+    run = harness.run(python(ESCAPEE))
+    pid = int(harness.text().strip())
+    try:
+        assert run.exit_code == 0
+        assert process_state(pid) not in (None, "Z", "X"), "the group kill reached it"
+    finally:
+        os.kill(pid, 9)
+
+
+def test_the_runs_marker_finds_a_process_in_a_session_of_its_own(harness: Harness) -> None:
+    env = {**os.environ, RUN_MARKER: "run-escapee"}
+    run = harness.run(python(ESCAPEE), env=env, run_id="run-escapee")
+    assert run.exit_code == 0
+    assert (harness.cwd / "alive").exists(), "the escapee was running"
     assert wait_gone(int(harness.text().strip()))
 
 

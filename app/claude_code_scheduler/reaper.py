@@ -1,0 +1,189 @@
+"""Keeping a run's processes from outliving the run.
+
+Killing the CLI's process group is not enough. The CLI starts each Bash tool
+command in a session of its own, so the group misses it. A SIGKILL of the CLI
+orphans those commands, and a command backgrounded with `&` outlives even a
+clean exit of the CLI. Two things close the gap:
+
+- every run's environment carries `RUN_MARKER=<run id>`, which the CLI hands
+  on to its tools; when a run ends, every process that carries its marker, and
+  every descendant of one, is killed;
+- the node is a child subreaper (Linux `PR_SET_CHILD_SUBREAPER`): orphans
+  reparent to the node instead of PID 1, so the node reaps their exit status
+  (no zombies), and when no run is active it kills whatever orphan is left,
+  even one that cleared its environment.
+
+Processes are read from /proc. The node's own children (the CLIs it started)
+are registered while they run, and are never reaped here: their Popen objects
+own their exit status.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RUN_MARKER = "CLAUDE_CODE_SCHEDULER_RUN_ID"
+PR_SET_CHILD_SUBREAPER = 36
+PROC = Path("/proc")
+# Rounds of scan-and-kill: a process may fork between a scan and its kill.
+KILL_ROUNDS = 10
+KILL_ROUND_PAUSE = 0.05
+
+_lock = threading.Lock()
+_own_children: set[int] = set()
+# Adopting orphans, killing them and reaping them is done only by a process
+# that asked for them: any other (a test runner) has children of its own.
+_adopting = threading.Event()
+
+
+def become_subreaper() -> bool:
+    """Makes this process the reaper of its descendants' orphans (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("could not become a child subreaper: %s", os.strerror(ctypes.get_errno()))
+        return False
+    _adopting.set()
+    return True
+
+
+@contextmanager
+def spawning() -> Iterator[set[int]]:
+    """Hold while starting a child and add its pid to the yielded set, so that
+    the reaper never takes the exit status its Popen object waits for."""
+    with _lock:
+        yield _own_children
+
+
+def forget(pid: int) -> None:
+    """The child was waited for: its pid may be reused from now on."""
+    with _lock:
+        _own_children.discard(pid)
+
+
+@dataclass(frozen=True)
+class _Proc:
+    pid: int
+    ppid: int
+    zombie: bool
+
+
+def _read_table(proc: Path) -> dict[int, _Proc]:
+    table = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) < 2:
+            continue
+        pid = int(entry.name)
+        table[pid] = _Proc(pid, int(fields[1]), fields[0] == b"Z")
+    return table
+
+
+def _carries(proc: Path, pid: int, marker: bytes) -> bool:
+    try:
+        environ = (proc / str(pid) / "environ").read_bytes()
+    except OSError:
+        return False
+    return marker in environ.split(b"\0")
+
+
+def _with_descendants(table: dict[int, _Proc], roots: set[int]) -> set[int]:
+    children: defaultdict[int, list[int]] = defaultdict(list)
+    for p in table.values():
+        children[p.ppid].append(p.pid)
+    found: set[int] = set()
+    pending = list(roots)
+    while pending:
+        pid = pending.pop()
+        if pid not in found:
+            found.add(pid)
+            pending.extend(children[pid])
+    return found
+
+
+def run_processes(run_id: str, proc: Path = PROC) -> set[int]:
+    """Live processes of a run: those carrying its marker, and their descendants."""
+    marker = f"{RUN_MARKER}={run_id}".encode()
+    table = _read_table(proc)
+    marked = {pid for pid, p in table.items() if not p.zombie and _carries(proc, pid, marker)}
+    return _alive(table, _with_descendants(table, marked))
+
+
+def orphans(proc: Path = PROC) -> set[int]:
+    """Live processes that reparented to this one (not children it started), and
+    their descendants."""
+    if not _adopting.is_set():
+        return set()
+    me = os.getpid()
+    table = _read_table(proc)
+    with _lock:
+        own = set(_own_children)
+    adopted = {p.pid for p in table.values() if p.ppid == me and p.pid not in own}
+    return _alive(table, _with_descendants(table, adopted))
+
+
+def _alive(table: dict[int, _Proc], pids: set[int]) -> set[int]:
+    return {pid for pid in pids if not table[pid].zombie and pid != os.getpid()}
+
+
+def kill_run(run_id: str) -> int:
+    """Kills what is left of a run; returns how many processes were signalled."""
+    return _kill_until_gone(lambda: run_processes(run_id))
+
+
+def kill_orphans() -> int:
+    """Kills every adopted orphan; only safe when no run is active."""
+    return _kill_until_gone(orphans)
+
+
+def _kill_until_gone(scan: Callable[[], set[int]]) -> int:
+    signalled: set[int] = set()
+    for _ in range(KILL_ROUNDS):
+        pids = scan()
+        if not pids:
+            break
+        for pid in pids:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        signalled |= pids
+        time.sleep(KILL_ROUND_PAUSE)
+    reap_zombies()
+    return len(signalled)
+
+
+def reap_zombies(proc: Path = PROC) -> int:
+    """Collects the exit status of adopted orphans that have ended."""
+    if not _adopting.is_set():
+        return 0
+    me = os.getpid()
+    with _lock:
+        own = set(_own_children)
+        table = _read_table(proc).values()
+        zombies = [p.pid for p in table if p.ppid == me and p.zombie and p.pid not in own]
+        reaped = 0
+        for pid in zombies:
+            with suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped += 1
+    return reaped

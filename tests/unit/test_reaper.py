@@ -1,0 +1,155 @@
+"""reaper.py with real processes: finding a run's processes by its marker, and
+adopting, killing and reaping orphans as a child subreaper.
+
+The subreaper cases run in a child interpreter: becoming a subreaper would
+make the test runner itself adopt every orphan of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from claude_code_scheduler import reaper
+from claude_code_scheduler.reaper import RUN_MARKER
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
+
+
+def start_sleeper(env: dict[str, str], *, new_session: bool = True) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"],
+        env=env,
+        start_new_session=new_session,
+    )
+
+
+def test_run_processes_are_the_marked_ones_and_their_descendants() -> None:
+    marked_env = {**os.environ, RUN_MARKER: "run-a"}
+    # A marked parent whose child clears its environment: found through the parent.
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], env={})\n"
+            "print(c.pid, flush=True)\n"
+            "time.sleep(300)\n",
+        ],
+        env=marked_env,
+        stdout=subprocess.PIPE,
+    )
+    other = start_sleeper({**os.environ, RUN_MARKER: "run-b"})
+    unmarked = start_sleeper(dict(os.environ))
+    try:
+        assert parent.stdout is not None
+        grandchild = int(parent.stdout.readline())
+        assert reaper.run_processes("run-a") == {parent.pid, grandchild}
+        assert reaper.run_processes("run-b") == {other.pid}
+        assert reaper.run_processes("run-c") == set()
+        assert reaper.kill_run("run-a") == 2
+        assert parent.wait(10) == -9
+        assert reaper.run_processes("run-a") == set()
+        assert other.poll() is None and unmarked.poll() is None, "only run-a's were killed"
+    finally:
+        for p in (parent, other, unmarked):
+            p.kill()
+            p.wait()
+
+
+def test_a_marker_that_only_starts_with_the_run_id_is_not_the_run() -> None:
+    longer = start_sleeper({**os.environ, RUN_MARKER: "run-a-2"})
+    try:
+        deadline = time.monotonic() + 10
+        while longer.pid not in reaper.run_processes("run-a-2"):
+            assert time.monotonic() < deadline, "the sleeper never showed up"
+            time.sleep(0.02)
+        assert longer.pid not in reaper.run_processes("run-a")
+    finally:
+        longer.kill()
+        longer.wait()
+
+
+SUBREAPER_SCRIPT = """
+import json, os, subprocess, sys, time
+from claude_code_scheduler import reaper
+
+assert reaper.orphans() == set() and reaper.reap_zombies() == 0, "inert until asked"
+assert reaper.become_subreaper()
+
+def orphan(code):
+    # A child that starts `code` in a session of its own and exits at once,
+    # leaving it to the nearest subreaper: this process.
+    starter = (
+        "import subprocess as s, sys; "
+        f"p = s.Popen([sys.executable, '-c', {code!r}], start_new_session=True, env={{}}, "
+        "stdout=s.DEVNULL, stderr=s.DEVNULL); "
+        "print(p.pid)"
+    )
+    return int(subprocess.run([sys.executable, "-c", starter], capture_output=True,
+                              text=True, check=True).stdout)
+
+def ppid(pid):
+    stat = open(f"/proc/{pid}/stat").read()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+report = {}
+long_lived = orphan("import time; time.sleep(300)")
+short_lived = orphan("pass")
+with reaper.spawning() as own:
+    mine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    own.add(mine.pid)
+time.sleep(0.5)  # the short one has ended by now: a zombie of ours
+report["adopted"] = ppid(long_lived) == os.getpid()
+report["orphans"] = sorted(reaper.orphans()) == [long_lived]
+report["killed"] = reaper.kill_orphans()
+report["long_gone"] = not os.path.exists(f"/proc/{long_lived}")
+report["short_gone"] = not os.path.exists(f"/proc/{short_lived}")
+report["mine_running"] = mine.poll() is None
+mine.kill()
+report["mine_status"] = mine.wait()
+reaper.forget(mine.pid)
+print(json.dumps(report))
+"""
+
+
+def test_a_subreaper_adopts_kills_and_reaps_orphans_but_not_its_own_children() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SUBREAPER_SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report == {
+        "adopted": True,
+        "orphans": True,
+        "killed": 1,
+        "long_gone": True,  # killed, and reaped: not even a zombie left
+        "short_gone": True,  # ended on its own, and reaped
+        "mine_running": True,  # a registered child is neither killed nor reaped
+        "mine_status": -9,  # and its Popen still gets its exit status
+    }
+
+
+def test_the_table_reader_copes_with_odd_command_names(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    for pid, stat in {
+        "10": "10 (a) b) c) S 1 10 10",
+        "11": "11 (sleep 300) Z 10 11 11",
+        "self": "ignored",
+    }.items():
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "stat").write_text(stat)
+    (proc / "10" / "environ").write_bytes(f"A=1\0{RUN_MARKER}=r\0".encode())
+    (proc / "11" / "environ").write_bytes(b"")
+    assert reaper.run_processes("r", proc) == {10}, "a zombie is dead already"
