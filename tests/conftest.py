@@ -1,12 +1,16 @@
-"""Helpers shared by every suite: schema validation of protocol messages."""
+"""Helpers shared by every suite: schema validation of protocol messages, and the
+package installed from its wheel."""
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 
 from claude_code_scheduler.protocol import EVENT_TYPES, load_schema
 
@@ -29,3 +33,13 @@ def assert_valid_event(event: dict[str, Any]) -> None:
 def assert_valid_command(command: dict[str, Any]) -> None:
     errors = sorted(validator("RunTask").iter_errors(command), key=str)
     assert not errors, f"RunTask does not match its schema: {errors[0].message}"
+
+
+@pytest.fixture(scope="session")
+def installed_wheel() -> Iterator[Path]:
+    """The package as the image installs it, runnable by an unprivileged user."""
+    # Imported here: tests.unprivileged imports IN_CI from this module.
+    from tests.unprivileged import install_wheel  # noqa: PLC0415
+
+    with install_wheel() as venv:
+        yield venv

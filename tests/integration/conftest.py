@@ -252,14 +252,22 @@ def node_env(stack: Stack, extra: dict[str, str] | None = None) -> dict[str, str
 class NodeProcess:
     """`claude-code-scheduler node` as a child process with its stderr in a file."""
 
-    def __init__(self, stack: Stack, tmp: Path, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        tmp: Path,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        entry: list[str] | None = None,
+        work_dir: Path | None = None,
+    ) -> None:
+        """`entry` is how to start the program (default: this interpreter's -m)."""
         self.node_id = f"node-{uuid.uuid4().hex[:8]}"
         self.stderr_path = tmp / f"{self.node_id}.log"
-        self.work_dir = tmp / f"{self.node_id}-work"
+        self.work_dir = work_dir or tmp / f"{self.node_id}-work"
         argv = [
-            sys.executable,
-            "-m",
-            "claude_code_scheduler",
+            *(entry or [sys.executable, "-m", "claude_code_scheduler"]),
             "node",
             "--queue-url",
             stack.queue_url,

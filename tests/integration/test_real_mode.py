@@ -78,11 +78,17 @@ def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fak
         assert name not in env, name
     # Where to reach AWS is not a credential; the CLI's tools may need it.
     assert env["AWS_REGION"] == "us-east-1"
-    # Its own process group, its own fresh directory under the work dir, gone afterwards.
+    # Its own process group, its own fresh directory under the work dir, gone afterwards,
+    # with the CLI's config and temp folders beside it.
     assert seen["pgid"] == seen["pid"]
     workdir = Path(seen["cwd"])
-    assert workdir.parent == node.work_dir
-    assert not workdir.exists()
+    run_root = workdir.parent
+    assert run_root.parent == node.work_dir
+    assert env["CLAUDE_CONFIG_DIR"] == str(run_root / "claude")
+    assert env["CLAUDE_CODE_TMPDIR"] == env["TMPDIR"] == str(run_root / "tmp")
+    assert env["CLAUDE_CODE_SCHEDULER_RUN_ID"] == terminal["data"]["run_id"]
+    assert "CLAUDE_CODE_MAX_RETRIES" not in env
+    assert not run_root.exists()
     result = terminal["data"]["result"]
     assert result == {
         "session_id": "fake-session",
@@ -92,6 +98,40 @@ def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fak
         "is_error": False,
         "text": "all done",
     }
+
+
+def test_aws_credentials_and_max_retries_passed_on_purpose(
+    stack, start_node, fake_claude, tmp_path
+):
+    record = tmp_path / "record.json"
+    node = start_node(
+        stack,
+        "--claude-bin",
+        str(fake_claude),
+        "--poll-wait-seconds",
+        "1",
+        "--claude-max-retries",
+        "2",
+        env={
+            "CLAUDE_NODE_PASS_AWS_CREDENTIALS": "true",
+            "FAKE_CLAUDE_MODE": "ok",
+            "FAKE_CLAUDE_RECORD": str(record),
+        },
+    )
+    cmd = command()
+    stack.send(cmd)
+    terminal = stack.wait_for(
+        lambda e: (
+            e["event_type"] in ("TaskCompleted", "TaskFailed")
+            and e["data"]["run_id"] == cmd["run_id"]
+        )
+    )
+    assert terminal["event_type"] == "TaskCompleted", terminal
+    env = json.loads(record.read_text())["env"]
+    assert env["AWS_ACCESS_KEY_ID"] == "testing"
+    assert env["AWS_SECRET_ACCESS_KEY"] == "testing-secret-key"
+    assert env["CLAUDE_CODE_MAX_RETRIES"] == "2"
+    assert "--pass-aws-credentials: the CLI and every tool it runs act with" in node.stderr
 
 
 def test_is_error_with_exit_zero_is_a_failure(stack, start_node, fake_claude, tmp_path):

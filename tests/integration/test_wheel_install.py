@@ -8,96 +8,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import IN_CI
 from tests.integration.conftest import node_env
-
-REPO = Path(__file__).resolve().parents[2]
-UNPRIVILEGED = 65534  # nobody / nogroup
+from tests.unprivileged import UNPRIVILEGED, as_unprivileged, owned_dir
 
 
-def python_candidates() -> list[str]:
-    """Python 3.13 first, as in the image; then what else the machine has."""
-    found = []
-    pyenv = shutil.which("pyenv")
-    if pyenv:
-        root = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False)
-        found += sorted(
-            str(p) for p in Path(root.stdout.strip(), "versions").glob("3.13*/bin/python3")
-        )
-    found += [p for p in (shutil.which("python3.13"), "/usr/bin/python3", sys.executable) if p]
-    return found
-
-
-def python_the_user_can_run() -> str:
-    """The first candidate the unprivileged user can run: pyenv's Pythons under
-    /root are out of its reach on a machine where the tests run as root."""
-    for candidate in python_candidates():
-        probe = subprocess.run(
-            as_unprivileged([candidate, "-c", "import venv"]), capture_output=True, check=False
-        )
-        if probe.returncode == 0:
-            return candidate
-    pytest.fail(f"no Python that an unprivileged user can run among {python_candidates()}")
-
-
-@pytest.fixture(scope="module")
-def installed() -> Iterator[Path]:
-    # World-readable, so the unprivileged user can run what is in it.
-    base = Path(tempfile.mkdtemp(prefix="ccs-wheel-"))
-    base.chmod(0o755)
-    try:
-        dist = base / "dist"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--no-deps",
-                "--quiet",
-                "-w",
-                str(dist),
-                str(REPO),
-            ],
-            check=True,
-            timeout=300,
-        )
-        venv = base / "venv"
-        python = python_the_user_can_run()
-        print(f"installing the wheel into a venv of {python}")
-        subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
-        wheel = next(dist.glob("claude_code_scheduler-*.whl"))
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)], check=True, timeout=300
-        )
-        yield venv
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def as_unprivileged(argv: list[str]) -> list[str]:
-    if os.geteuid() != 0:
-        return argv  # already not root
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        if IN_CI:
-            pytest.fail("setpriv (util-linux) is needed to drop to an unprivileged user")
-        pytest.skip("setpriv (util-linux) is not installed: cannot drop root")
-    # setpriv execs, so signals reach the node itself.
-    return [setpriv, f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups", *argv]
-
-
-def test_installed_wheel_runs_as_a_non_root_user(stack, installed):
-    work = Path(tempfile.mkdtemp(prefix="ccs-work-"))
-    if os.geteuid() == 0:
-        os.chown(work, UNPRIVILEGED, UNPRIVILEGED)
+def test_installed_wheel_runs_as_a_non_root_user(stack, installed_wheel):
+    installed = installed_wheel
+    work = owned_dir("ccs-work-")
     entry = str(installed / "bin" / "claude-code-scheduler")
     env = node_env(stack, {"CLAUDE_NODE_WORK_DIR": str(work), "HOME": str(work)})
     env["PATH"] = f"{installed / 'bin'}:/usr/bin:/bin"

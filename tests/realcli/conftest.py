@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import IN_CI
+
+# The node tests run the node against the moto server of the integration suite.
+from tests.integration.conftest import moto_endpoint, stack  # noqa: F401
 from tests.realcli.claude_cli import pinned_binary, probe
 
 _skip_reasons: list[str] = []
