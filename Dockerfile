@@ -51,7 +51,8 @@ LABEL org.opencontainers.image.title="claude-code-scheduler" \
 # DISABLE_AUTOUPDATER: the CLI otherwise rewrites its own install at run time.
 # SHELL: the CLI's Bash tool looks for a POSIX shell there.
 # TINI_SUBREAPER: on ECS with initProcessEnabled tini is not PID 1; as a
-# subreaper it still reaps the node's orphans.
+# subreaper it still reaps what outlives the node. (The node is a subreaper
+# itself and kills and reaps what each run leaves behind.)
 # CLAUDE_NODE_WORK_DIR: run directories, spooled logs and the state file the
 # HEALTHCHECK reads; a volume, writable under a read-only root filesystem.
 # HOME: the CLI keeps ~/.claude there; set explicitly rather than left to the
