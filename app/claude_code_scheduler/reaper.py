@@ -83,7 +83,9 @@ class _Proc:
 
 
 def _read_table(proc: Path) -> dict[int, _Proc]:
-    table = {}
+    table: dict[int, _Proc] = {}
+    if not proc.is_dir():
+        return table  # not Linux: nothing to find
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
