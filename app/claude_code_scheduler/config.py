@@ -18,12 +18,18 @@ MAX_POLL_WAIT_SECONDS = 20
 # SQS caps a message's total invisibility at 12 hours from its first receipt.
 MAX_TASK_TIMEOUT_SECONDS = 12 * 60 * 60
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
-_ACCOUNT = re.compile(r"^\d{1,12}$")
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
-# sqs.<region>.amazonaws.com, sqs.<region>.localhost.localstack.cloud, <region>.queue.amazonaws.com
-_SQS_HOST_REGION = re.compile(r"^sqs[.-]([a-z0-9-]+)\.")
-_LEGACY_HOST_REGION = re.compile(r"^([a-z0-9-]+)\.queue\.amazonaws\.com")
+# /<account-id>/<queue-name>, or /queue/<region>/<account-id>/<queue-name> (LocalStack's
+# SQS_ENDPOINT_STRATEGY=path, and =dynamic when called at http://localhost:4566)
+_QUEUE_PATH = re.compile(
+    r"/(queue/(?P<region>[^/]+)/)?(?P<account>\d{1,12})/(?P<name>[A-Za-z0-9_-]{1,80}(\.fifo)?)/?"
+)
+# sqs.<region>.amazonaws.com, sqs-fips.<region>.amazonaws.com, sqs.<region>.api.aws,
+# sqs.<region>.localhost.localstack.cloud
+_SQS_HOST_REGION = re.compile(r"sqs(-fips)?\.(?P<region>[a-z0-9-]+)\..+")
+# <region>.queue.amazonaws.com(.cn): the legacy endpoints (us-east-1's is queue.amazonaws.com)
+_LEGACY_HOST_REGION = re.compile(r"(?P<region>[a-z0-9-]+)\.queue\.amazonaws\.com(\.cn)?")
+_AWS_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
 _TOPIC_ARN = re.compile(
     r"^arn:(?P<partition>aws[a-z-]*):sns:(?P<region>[a-z0-9-]+):(?P<account>\d{1,12})"
     r":(?P<name>[A-Za-z0-9_-]{1,256}(\.fifo)?)$"
@@ -59,18 +65,37 @@ def parse_queue_url(value: str, option: str = "--queue-url") -> QueueUrl:
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigError(f"{option}: {value!r} is not an http(s) SQS queue URL")
-    parts = parsed.path.strip("/").split("/")
-    if len(parts) != 2 or not _ACCOUNT.fullmatch(parts[0]) or not _QUEUE_NAME.fullmatch(parts[1]):
+    host = parsed.hostname
+    path = _QUEUE_PATH.fullmatch(parsed.path)
+    if not path or (path["region"] is not None and host.endswith(_AWS_DOMAINS)):
         raise ConfigError(
             f"{option}: {value!r} is not a queue URL of the form "
-            "https://sqs.<region>.amazonaws.com/<account-id>/<queue-name>"
+            "https://sqs.<region>.amazonaws.com/<account-id>/<queue-name> "
+            "(or LocalStack's http://<host>:4566/queue/<region>/<account-id>/<queue-name>)"
         )
-    host = parsed.hostname
-    match = _SQS_HOST_REGION.match(host) or _LEGACY_HOST_REGION.match(host)
-    region = match.group(1) if match and _REGION.fullmatch(match.group(1)) else None
-    if region is None and host.endswith(".amazonaws.com"):
+    region = _host_region(host)
+    if path["region"] is not None:
+        if not _REGION.fullmatch(path["region"]):
+            raise ConfigError(
+                f"{option}: {path['region']!r} in {value!r} is not an AWS region name"
+            )
+        if region not in (None, path["region"]):
+            raise ConfigError(
+                f"{option}: {value!r} names region {region!r} in its host "
+                f"but {path['region']!r} in its path"
+            )
+        region = path["region"]
+    elif region is None and host.endswith(_AWS_DOMAINS):
         raise ConfigError(f"{option}: cannot read the region from the host {host!r}")
-    return QueueUrl(url=value, account=parts[0], name=parts[1], region=region)
+    return QueueUrl(url=value, account=path["account"], name=path["name"], region=region)
+
+
+def _host_region(host: str) -> str | None:
+    """The region an SQS host names; None for hosts that name none (emulators)."""
+    if host == "queue.amazonaws.com":  # us-east-1's legacy endpoint
+        return "us-east-1"
+    match = _SQS_HOST_REGION.fullmatch(host) or _LEGACY_HOST_REGION.fullmatch(host)
+    return match["region"] if match and _REGION.fullmatch(match["region"]) else None
 
 
 def parse_topic_arn(value: str, option: str = "--topic-arn") -> TopicArn:

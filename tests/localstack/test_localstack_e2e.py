@@ -417,15 +417,7 @@ def url_forms(localstack: LocalStack, returned: str) -> dict[str, str]:
         "off",
         "localhost",
         "domain",
-        pytest.param(
-            "path",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="config.parse_queue_url wants exactly /<account>/<name> as the path, "
-                "so it rejects LocalStack's path-style queue URLs "
-                "(/queue/<region>/<account>/<name>)",
-            ),
-        ),
+        "path",
     ],
 )
 def test_node_accepts_localstack_queue_urls(

@@ -54,6 +54,48 @@ from claude_code_scheduler.startup import real_mode_warnings
             "cn-north-1",
         ),
         ("https://sqs.us-east-1.amazonaws.com/123456789012/q/", "123456789012", "q", "us-east-1"),
+        # FIPS and dual-stack hosts: "fips" is not part of the region.
+        (
+            "https://sqs-fips.us-gov-west-1.amazonaws.com/123456789012/q",
+            "123456789012",
+            "q",
+            "us-gov-west-1",
+        ),
+        (
+            "https://sqs-fips.us-east-1.amazonaws.com/123456789012/q",
+            "123456789012",
+            "q",
+            "us-east-1",
+        ),
+        ("https://sqs.eu-west-1.api.aws/123456789012/q", "123456789012", "q", "eu-west-1"),
+        ("https://sqs-fips.us-east-2.api.aws/123456789012/q", "123456789012", "q", "us-east-2"),
+        # us-east-1's legacy endpoint names no region.
+        ("https://queue.amazonaws.com/123456789012/q", "123456789012", "q", "us-east-1"),
+        # LocalStack's path strategy: the region is in the path.
+        (
+            "http://localhost:4566/queue/us-east-1/000000000000/q",
+            "000000000000",
+            "q",
+            "us-east-1",
+        ),
+        (
+            "http://localstack:4566/queue/eu-west-2/000000000000/tasks.fifo",
+            "000000000000",
+            "tasks.fifo",
+            "eu-west-2",
+        ),
+        (
+            "http://localhost.localstack.cloud:4566/queue/us-gov-west-1/000000000000/q/",
+            "000000000000",
+            "q",
+            "us-gov-west-1",
+        ),
+        (
+            "http://sqs.us-east-1.localhost.localstack.cloud:4566/queue/us-east-1/000000000000/q",
+            "000000000000",
+            "q",
+            "us-east-1",
+        ),
     ],
 )
 def test_queue_url_accepted(url: str, account: str, name: str, region: str | None) -> None:
@@ -78,6 +120,28 @@ def test_queue_url_accepted(url: str, account: str, name: str, region: str | Non
         "https://sqs.us-east-1.amazonaws.com/123456789012/q.fifo.fifo",
         "https://example.amazonaws.com/123456789012/q",
         "arn:aws:sqs:us-east-1:123456789012:q",
+        # AWS hosts must name a real region.
+        "https://sqs-fips.amazonaws.com/123456789012/q",
+        "https://sqs-fips.notaregion.amazonaws.com/123456789012/q",
+        "https://sqs-us-east-1.amazonaws.com/123456789012/q",
+        "https://fips.queue.amazonaws.com/123456789012/q",
+        "https://queue.amazonaws.com.cn/123456789012/q",
+        "https://sqs.api.aws/123456789012/q",
+        # Path-style near-misses.
+        "http://localhost:4566/queue/us-east-1/000000000000",
+        "http://localhost:4566/queue/us-east-1/000000000000/q/extra",
+        "http://localhost:4566/queue/notaregion/000000000000/q",
+        "http://localhost:4566/queue//000000000000/q",
+        "http://localhost:4566/queue/000000000000/q",
+        "http://localhost:4566/queues/us-east-1/000000000000/q",
+        "http://localhost:4566/extra/us-east-1/000000000000/q",
+        "http://localhost:4566/extra/000000000000/q",
+        "http://localhost:4566/queue/us-east-1/notanaccount/q",
+        "http://localhost:4566/queue/us-east-1/000000000000/bad name",
+        "http://sqs.eu-west-1.localhost.localstack.cloud:4566/queue/us-east-1/000000000000/q",
+        # Real AWS never uses the path-style form.
+        "https://sqs.us-east-1.amazonaws.com/queue/us-east-1/123456789012/q",
+        "https://queue.amazonaws.com/queue/us-east-1/123456789012/q",
     ],
 )
 def test_queue_url_rejected_with_option_name(url: str) -> None:
@@ -89,6 +153,25 @@ def test_queue_url_rejected_with_option_name(url: str) -> None:
 def test_queue_url_error_uses_given_option_name() -> None:
     with pytest.raises(ConfigError, match=r"^--other: "):
         parse_queue_url("nope", option="--other")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "http://localhost:4566/queue/notaregion/000000000000/q",
+            r"'notaregion' in .* is not an AWS region name",
+        ),
+        (
+            "http://sqs.eu-west-1.localhost.localstack.cloud:4566/queue/us-east-1/000000000000/q",
+            r"region 'eu-west-1' in its host but 'us-east-1' in its path",
+        ),
+        ("https://sqs-fips.amazonaws.com/123456789012/q", r"cannot read the region"),
+    ],
+)
+def test_queue_url_region_errors_say_what_is_wrong(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_queue_url(url)
 
 
 def test_queue_name_of_80_characters_is_accepted() -> None:
