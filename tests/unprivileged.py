@@ -61,12 +61,31 @@ def as_unprivileged(argv: list[str]) -> list[str]:
     return [setpriv, f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups", *argv]
 
 
-def owned_dir(prefix: str) -> Path:
-    """A fresh directory the unprivileged user owns, outside root's 0700 tmp_path."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    if os.geteuid() == 0:
-        os.chown(path, UNPRIVILEGED, UNPRIVILEGED)
-    return path
+def unprivileged_user() -> tuple[int, int] | None:
+    """(uid, gid) to drop to when running as root; None when already unprivileged."""
+    return (UNPRIVILEGED, UNPRIVILEGED) if os.geteuid() == 0 else None
+
+
+@contextmanager
+def owned_dirs(owner: tuple[int, int] | None, *names: str) -> Iterator[list[Path]]:
+    """Fresh directories under the system temp dir, owned by `owner`, removed afterwards.
+
+    pytest's tmp_path lives under a 0700 directory of root's, which another
+    user cannot enter; these can be.
+    """
+    base = Path(tempfile.mkdtemp(prefix="ccs-owned-"))
+    try:
+        base.chmod(0o755)
+        dirs = []
+        for name in names:
+            path = base / name
+            path.mkdir()
+            if owner is not None:
+                os.chown(path, *owner)
+            dirs.append(path)
+        yield dirs
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextmanager

@@ -5,17 +5,26 @@ answers `healthcheck` while it runs and stops cleanly on SIGTERM."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from tests.integration.conftest import node_env
-from tests.unprivileged import UNPRIVILEGED, as_unprivileged, owned_dir
+from tests.unprivileged import UNPRIVILEGED, as_unprivileged, owned_dirs, unprivileged_user
 
 
-def test_installed_wheel_runs_as_a_non_root_user(stack, installed_wheel):
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """The node's work dir and HOME, which the unprivileged user owns."""
+    with owned_dirs(unprivileged_user(), "work") as [path]:
+        yield path
+
+
+def test_installed_wheel_runs_as_a_non_root_user(stack, installed_wheel, work):
     installed = installed_wheel
-    work = owned_dir("ccs-work-")
     entry = str(installed / "bin" / "claude-code-scheduler")
     env = node_env(stack, {"CLAUDE_NODE_WORK_DIR": str(work), "HOME": str(work)})
     env["PATH"] = f"{installed / 'bin'}:/usr/bin:/bin"
@@ -66,4 +75,3 @@ def test_installed_wheel_runs_as_a_non_root_user(stack, installed_wheel):
     finally:
         if node.poll() is None:
             node.kill()
-        shutil.rmtree(work, ignore_errors=True)

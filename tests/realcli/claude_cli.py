@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,37 +211,3 @@ def kill_processes_in(root: Path) -> None:
     for pid in processes_in(root):
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def unprivileged_user() -> tuple[int, int] | None:
-    """(uid, gid) of `nobody` when we are root and can drop to it, else None."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam("nobody")
-    except KeyError:
-        return None
-    return entry.pw_uid, entry.pw_gid
-
-
-@contextmanager
-def owned_dirs(owner: tuple[int, int] | None, *names: str) -> Iterator[list[Path]]:
-    """Fresh directories under the system temp dir, owned by `owner`.
-
-    pytest's tmp_path lives under a 0700 directory of root's, which another
-    user cannot enter; these can be.
-    """
-    base = Path(tempfile.mkdtemp(prefix="realcli-"))
-    try:
-        base.chmod(0o755)
-        dirs = []
-        for name in names:
-            path = base / name
-            path.mkdir()
-            if owner is not None:
-                os.chown(path, *owner)
-            dirs.append(path)
-        yield dirs
-    finally:
-        kill_processes_in(base)
-        shutil.rmtree(base, ignore_errors=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import pytest
 from tests.integration.conftest import NodeProcess, Stack, command, node_env
 from tests.realcli.anthropic_standin import AnthropicStandin, ApiError, Text, ToolUse
 from tests.realcli.claude_cli import INVALID_API_KEY, NOT_LOGGED_IN, ROOT_BYPASS_REFUSAL
-from tests.unprivileged import UNPRIVILEGED, as_unprivileged, owned_dir
+from tests.unprivileged import UNPRIVILEGED, as_unprivileged, owned_dirs, unprivileged_user
 
 RUN_MARKER = "CLAUDE_CODE_SCHEDULER_RUN_ID"
 TERMINAL = ("TaskCompleted", "TaskFailed")
@@ -102,7 +102,8 @@ def launch(stack: Stack, claude_bin: Path, tmp_path: Path) -> Iterator[Launch]:
     `unprivileged=True` runs it as `nobody` from the installed wheel, the way
     the image runs it as its own non-root user.
     """
-    started: list[tuple[NodeProcess, list[Path]]] = []
+    started: list[NodeProcess] = []
+    cleanup = ExitStack()
 
     def start(
         api: AnthropicStandin,
@@ -111,11 +112,9 @@ def launch(stack: Stack, claude_bin: Path, tmp_path: Path) -> Iterator[Launch]:
         unprivileged: bool = False,
         installed: Path | None = None,
     ) -> RealNode:
-        owned: list[Path] = []
         if unprivileged:
             assert installed is not None
-            work_dir, home = owned_dir("ccs-work-"), owned_dir("ccs-home-")
-            owned += [work_dir, home]
+            work_dir, home = cleanup.enter_context(owned_dirs(unprivileged_user(), "work", "home"))
             entry = as_unprivileged([str(installed / "bin" / "claude-code-scheduler")])
         else:
             work_dir, home = tmp_path / "work", tmp_path / "home"
@@ -130,15 +129,14 @@ def launch(stack: Stack, claude_bin: Path, tmp_path: Path) -> Iterator[Launch]:
         env.update({"HOME": str(home), "LANG": "C.UTF-8"})
         argv = ["--claude-bin", str(claude_bin), "--poll-wait-seconds", "1", *args]
         process = NodeProcess(stack, tmp_path, argv, env, entry=entry, work_dir=work_dir)
-        started.append((process, owned))
+        started.append(process)
         stack.wait_event("NodeRegistered", node_id=process.node_id)
         return RealNode(process, stack, api, home)
 
-    yield start
-    for process, owned in started:
-        process.kill()
-        for path in owned:
-            shutil.rmtree(path, ignore_errors=True)
+    with cleanup:
+        yield start
+        for process in started:
+            process.kill()
 
 
 @pytest.fixture

@@ -17,11 +17,10 @@ from tests.realcli.claude_cli import (
     INVALID_API_KEY,
     NOT_LOGGED_IN,
     ROOT_BYPASS_REFUSAL,
-    owned_dirs,
     run_claude,
-    unprivileged_user,
 )
 from tests.realcli.conftest import RunDirs
+from tests.unprivileged import owned_dirs, unprivileged_user
 
 
 def test_text_reply_ends_in_a_result_line_with_the_reply(
@@ -260,8 +259,6 @@ def test_bypass_permissions_as_root_is_refused(claude_bin: Path, run_dirs: RunDi
 
 def test_bypass_permissions_as_an_unprivileged_user_writes(claude_bin: Path) -> None:
     user = unprivileged_user()
-    if user is None and os.geteuid() == 0:
-        pytest.skip("running as root and there is no `nobody` user to drop to")
     turns: list[Turn] = [
         ToolUse("Write", {"file_path": "out.txt", "content": "bypass\n"}),
         Text("done"),
