@@ -180,15 +180,20 @@ def run_claude(
         raise AssertionError(f"claude ran past {timeout} s\n{stdout[-4000:]}\n{stderr}") from None
     finally:
         kill_processes_in(cwd)
+    return CliRun(argv, proc.returncode, stdout, stderr, cwd, home, stream_json_lines(stdout))
+
+
+def stream_json_lines(output: str | bytes) -> list[dict[str, Any]]:
+    """The JSON objects among the lines of the CLI's output, in order."""
     lines = []
-    for line in stdout.splitlines():
+    for line in output.splitlines():
         try:
             obj = json.loads(line)
         except ValueError:
             continue
         if isinstance(obj, dict):
             lines.append(obj)
-    return CliRun(argv, proc.returncode, stdout, stderr, cwd, home, lines)
+    return lines
 
 
 def processes_in(root: Path) -> list[int]:

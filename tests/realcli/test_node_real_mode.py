@@ -23,7 +23,12 @@ import pytest
 
 from tests.integration.conftest import NodeProcess, Stack, command, node_env
 from tests.realcli.anthropic_standin import AnthropicStandin, ApiError, Text, ToolUse
-from tests.realcli.claude_cli import INVALID_API_KEY, NOT_LOGGED_IN, ROOT_BYPASS_REFUSAL
+from tests.realcli.claude_cli import (
+    INVALID_API_KEY,
+    NOT_LOGGED_IN,
+    ROOT_BYPASS_REFUSAL,
+    stream_json_lines,
+)
 from tests.unprivileged import UNPRIVILEGED, as_unprivileged, owned_dirs, unprivileged_user
 
 RUN_MARKER = "CLAUDE_CODE_SCHEDULER_RUN_ID"
@@ -56,15 +61,7 @@ class RealNode:
 
     def log_lines(self, run_id: str) -> list[dict[str, Any]]:
         """The stream-json lines of the run's log in S3."""
-        lines = []
-        for raw in self.stack.log_text(run_id).splitlines():
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                lines.append(obj)
-        return lines
+        return stream_json_lines(self.stack.log_text(run_id))
 
     def output_text(self, run_id: str) -> str:
         self.stack.drain_events(1.0)  # TaskOutput may trail the terminal event on the queue
