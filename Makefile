@@ -19,8 +19,10 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
+# A failed CLI install does not stop the run: tests/realcli then fails under
+# CI=true and is skipped, with the reason, elsewhere.
 test: lint types
-	scripts/install-claude.sh
+	-scripts/install-claude.sh
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
