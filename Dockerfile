@@ -4,14 +4,13 @@
 # with the native Claude Code CLI binary. The runtime stage has no Node.js, no
 # build tools and no caches.
 #
-#   docker build --build-arg CLAUDE_CODE_VERSION="$(cat claude-code.version)" \
-#       -t claude-code-scheduler .
+#   docker build -t claude-code-scheduler .
 #   docker run --rm -e CLAUDE_NODE_QUEUE_URL=... -e CLAUDE_NODE_TOPIC_ARN=... \
 #       -e CLAUDE_NODE_LOG_BUCKET=... -e ANTHROPIC_API_KEY=... claude-code-scheduler
 
-# claude-code.version holds the pin; CI passes it in. tests/infra checks that
-# this default equals that file, so a plain `docker build` gets the same CLI.
-ARG CLAUDE_CODE_VERSION=2.1.332
+# The CLI version comes from claude-code.version, the pin the tests use too.
+# --build-arg CLAUDE_CODE_VERSION=<version> overrides it, to try another one.
+ARG CLAUDE_CODE_VERSION=
 
 # ---- wheel -------------------------------------------------------------------
 # The package is pure Python, so it is built once on the build machine's own
@@ -37,16 +36,17 @@ RUN pip wheel --no-deps --wheel-dir /dist/app . \
 FROM node:22-bookworm-slim AS claude-code
 ARG CLAUDE_CODE_VERSION
 WORKDIR /opt/claude-code
-RUN npm install --no-audit --no-fund --loglevel=error \
-        "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" \
+COPY claude-code.version ./
+RUN version="${CLAUDE_CODE_VERSION:-$(tr -d '[:space:]' < claude-code.version)}" \
+ && npm install --no-audit --no-fund --loglevel=error "@anthropic-ai/claude-code@${version}" \
  && test "$(stat -c %s node_modules/@anthropic-ai/claude-code/bin/claude.exe)" -gt 1000000
 
 # ---- runtime -----------------------------------------------------------------
 FROM python:3.13-slim-trixie AS runtime
-ARG CLAUDE_CODE_VERSION
+# The release workflow adds the label claude-code.version; `claude --version`
+# in the image says it too.
 LABEL org.opencontainers.image.title="claude-code-scheduler" \
-      org.opencontainers.image.description="Worker node that runs Claude Code tasks from SQS and reports on an SNS control bus" \
-      claude-code.version="${CLAUDE_CODE_VERSION}"
+      org.opencontainers.image.description="Worker node that runs Claude Code tasks from SQS and reports on an SNS control bus"
 
 # DISABLE_AUTOUPDATER: the CLI otherwise rewrites its own install at run time.
 # SHELL: the CLI's Bash tool looks for a POSIX shell there.

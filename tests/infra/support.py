@@ -27,6 +27,7 @@ TASK_DEFINITION = REPO / "deploy" / "ecs" / "task-definition.json"
 NODE_POLICY = REPO / "deploy" / "iam" / "node-policy.json"
 OPERATOR_POLICY = REPO / "deploy" / "iam" / "operator-policy.json"
 WORKFLOWS = REPO / ".github" / "workflows"
+DOCKERIGNORE = REPO / ".dockerignore"
 CLAUDE_CODE_VERSION_FILE = REPO / "claude-code.version"
 
 # Read by boto3/botocore or by the Claude CLI, not by click options.

@@ -76,9 +76,8 @@ def test_worker_is_built_from_the_dockerfile(worker: dict[str, Any]) -> None:
     build = worker["build"]
     assert build["context"] == "."
     assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
-    # Unset (null) means the Dockerfile default, which equals claude-code.version.
-    version = (build.get("args") or {}).get("CLAUDE_CODE_VERSION")
-    assert version in (None, support.claude_code_version())
+    # No override: the Dockerfile installs the version in claude-code.version.
+    assert "CLAUDE_CODE_VERSION" not in (build.get("args") or {})
 
 
 def test_worker_environment_names_are_ones_the_node_reads(worker_env: dict[str, Any]) -> None:
