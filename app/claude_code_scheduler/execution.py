@@ -52,6 +52,9 @@ STRIPPED_ENV_PREFIXES = ("AWS_CONTAINER_CREDENTIALS_", "AWS_CONTAINER_AUTHORIZAT
 NESTED_SESSION_VAR = "CLAUDECODE"
 # How often the CLI retries a failed API request (its default is 10, about 3 minutes).
 MAX_RETRIES_VAR = "CLAUDE_CODE_MAX_RETRIES"
+# Left unset, the CLI updates itself at run time: the node would then run a CLI
+# other than the one it was tested with, changing under a fleet's feet.
+AUTOUPDATER_VAR = "DISABLE_AUTOUPDATER"
 # The CLI's words when it refuses bypassPermissions to root (2.1.332).
 ROOT_REFUSAL_MARK = "cannot be used with root/sudo privileges"
 ROOT_ADVICE = (
@@ -118,7 +121,8 @@ def child_environment(
     operator passes them on purpose, then the task's own, then the run marker.
 
     Where the node's environment names no config or temp folder of its own,
-    the run's scratch folders are used.
+    the run's scratch folders are used, and the CLI's self-update is off
+    unless the node's environment says otherwise.
     """
     env = {
         name: value
@@ -129,6 +133,7 @@ def child_environment(
             or (name not in STRIPPED_ENV_NAMES and not name.startswith(STRIPPED_ENV_PREFIXES))
         )
     }
+    env.setdefault(AUTOUPDATER_VAR, "1")
     if dirs is not None:
         env.setdefault("CLAUDE_CONFIG_DIR", str(dirs.config))
         env.setdefault("CLAUDE_CODE_TMPDIR", str(dirs.tmp))

@@ -88,6 +88,7 @@ def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fak
     assert env["CLAUDE_CODE_TMPDIR"] == env["TMPDIR"] == str(run_root / "tmp")
     assert env["CLAUDE_CODE_SCHEDULER_RUN_ID"] == terminal["data"]["run_id"]
     assert "CLAUDE_CODE_MAX_RETRIES" not in env
+    assert env["DISABLE_AUTOUPDATER"] == "1"
     assert not run_root.exists()
     result = terminal["data"]["result"]
     assert result == {

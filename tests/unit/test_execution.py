@@ -60,9 +60,16 @@ def test_child_environment_strips_node_credentials_and_adds_task_env() -> None:
         "AWS_REGION": "us-east-1",
         "ANTHROPIC_API_KEY": "sk-ant",
         "FOO": "bar",
+        "DISABLE_AUTOUPDATER": "1",
         RUN_MARKER: "r1",
     }
     assert base["AWS_ACCESS_KEY_ID"] == "AKIA...", "the node's own environment is untouched"
+
+
+def test_the_cli_does_not_update_itself_unless_the_node_says_so() -> None:
+    assert child_environment({}, {}, run_id="r")["DISABLE_AUTOUPDATER"] == "1"
+    base = {"DISABLE_AUTOUPDATER": "0"}
+    assert child_environment(base, {}, run_id="r")["DISABLE_AUTOUPDATER"] == "0"
 
 
 def test_pass_aws_credentials_keeps_them_on_purpose() -> None:
@@ -77,6 +84,7 @@ def test_pass_aws_credentials_keeps_them_on_purpose() -> None:
         "AWS_ACCESS_KEY_ID": "AKIA...",
         "AWS_SECRET_ACCESS_KEY": "secret",
         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc",
+        "DISABLE_AUTOUPDATER": "1",
         RUN_MARKER: "r1",
     }
 
@@ -130,6 +138,7 @@ def test_the_task_cannot_change_the_run_marker() -> None:
 def test_child_environment_strips_other_credential_sources(name: str) -> None:
     assert child_environment({name: "x", "KEEP": "y"}, {}, run_id="r") == {
         "KEEP": "y",
+        "DISABLE_AUTOUPDATER": "1",
         RUN_MARKER: "r",
     }
 
@@ -138,7 +147,7 @@ def test_task_env_may_set_its_own_credentials() -> None:
     env = child_environment(
         {"AWS_ACCESS_KEY_ID": "node"}, {"AWS_ACCESS_KEY_ID": "task"}, run_id="r"
     )
-    assert env == {"AWS_ACCESS_KEY_ID": "task", RUN_MARKER: "r"}
+    assert env == {"AWS_ACCESS_KEY_ID": "task", "DISABLE_AUTOUPDATER": "1", RUN_MARKER: "r"}
 
 
 # --- argv -------------------------------------------------------------------------
