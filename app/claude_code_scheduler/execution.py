@@ -413,7 +413,9 @@ class ProcessRun:
                 break
             open_streams -= self._take_output(self._next_wait(now, deadline, kill_at))
         process.wait()
-        self._kill_leftovers(process)
+        if drain_until is None:
+            # The pipes closed before the CLI exited: its leftovers are not dealt with yet.
+            self._kill_leftovers(process)
         return timed_out, cancelled
 
     def _kill_leftovers(self, process: subprocess.Popen[bytes]) -> None:
