@@ -73,31 +73,14 @@ def clients(endpoint: str) -> dict[str, Any]:
     return {name: boto3.client(name, **options) for name in ("sqs", "sns", "s3")}  # type: ignore[call-overload]
 
 
-@dataclass
-class Stack:
-    """One test's queue, command topic, control bus, server queue and bucket."""
+@dataclass(kw_only=True)
+class EventReader:
+    """Control-bus events from a server queue (raw delivery), each checked
+    against its schema and deleted once read."""
 
-    endpoint: str
     sqs: Any
-    sns: Any
-    s3: Any
-    queue_url: str
-    command_topic_arn: str
-    topic_arn: str
     server_queue_url: str
-    bucket: str
     events: list[dict[str, Any]] = field(default_factory=list)
-
-    # --- sending -------------------------------------------------------------
-
-    def send(self, command: dict[str, Any] | str) -> None:
-        body = command if isinstance(command, str) else json.dumps(command)
-        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
-
-    def publish_command(self, command: dict[str, Any]) -> None:
-        self.sns.publish(TopicArn=self.command_topic_arn, Message=json.dumps(command))
-
-    # --- reading the control bus --------------------------------------------
 
     def poll_events(self, wait: int = 1) -> list[dict[str, Any]]:
         new = []
@@ -111,7 +94,7 @@ class Stack:
             event = json.loads(message["Body"])
             assert_valid_event(event)
             event["_attributes"] = {
-                k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()
+                k: v.get("StringValue") for k, v in message.get("MessageAttributes", {}).items()
             }
             event["_seen_at"] = time.monotonic()
             new.append(event)
@@ -163,6 +146,39 @@ class Stack:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.poll_events()
+
+
+@dataclass(kw_only=True)
+class Stack(EventReader):
+    """One test's queue, command topic, control bus, server queue and bucket."""
+
+    endpoint: str
+    sns: Any
+    s3: Any
+    queue_url: str
+    command_topic_arn: str
+    topic_arn: str
+    bucket: str
+
+    def node_args(self, *, queue_url: str | None = None, topic_arn: str | None = None) -> list[str]:
+        """The three options `node` needs, naming this stack (or the given stand-ins)."""
+        return [
+            "--queue-url",
+            queue_url or self.queue_url,
+            "--topic-arn",
+            topic_arn or self.topic_arn,
+            "--log-bucket",
+            self.bucket,
+        ]
+
+    # --- sending -------------------------------------------------------------
+
+    def send(self, command: dict[str, Any] | str) -> None:
+        body = command if isinstance(command, str) else json.dumps(command)
+        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
+
+    def publish_command(self, command: dict[str, Any]) -> None:
+        self.sns.publish(TopicArn=self.command_topic_arn, Message=json.dumps(command))
 
     # --- the rest -------------------------------------------------------------
 
@@ -269,12 +285,7 @@ class NodeProcess:
         argv = [
             *(entry or [sys.executable, "-m", "claude_code_scheduler"]),
             "node",
-            "--queue-url",
-            stack.queue_url,
-            "--topic-arn",
-            stack.topic_arn,
-            "--log-bucket",
-            stack.bucket,
+            *stack.node_args(),
             "--node-id",
             self.node_id,
             "--work-dir",

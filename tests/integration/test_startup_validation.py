@@ -182,15 +182,7 @@ def test_emulator_queue_urls_are_valid_and_the_endpoint_is_checked():
 def test_queue_that_does_not_exist(stack):
     missing = stack.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
     done = run_cli(
-        [
-            "--queue-url",
-            missing,
-            "--topic-arn",
-            stack.topic_arn,
-            "--log-bucket",
-            stack.bucket,
-            "--mock-mode",
-        ],
+        [*stack.node_args(queue_url=missing), "--mock-mode"],
         {"AWS_ENDPOINT_URL": stack.endpoint},
     )
     assert_one_line_error(done, "--queue-url", "does not exist")
@@ -212,15 +204,7 @@ def test_per_service_endpoint_variables_work(stack, start_node):
 def test_topic_that_does_not_exist(stack):
     missing = stack.topic_arn.rsplit(":", 1)[0] + ":no-such-topic"
     done = run_cli(
-        [
-            "--queue-url",
-            stack.queue_url,
-            "--topic-arn",
-            missing,
-            "--log-bucket",
-            stack.bucket,
-            "--mock-mode",
-        ],
+        [*stack.node_args(topic_arn=missing), "--mock-mode"],
         {"AWS_ENDPOINT_URL": stack.endpoint},
     )
     assert_one_line_error(done, "--topic-arn: could not publish NodeRegistered", "NotFound")
@@ -236,16 +220,7 @@ def test_topic_that_does_not_exist(stack):
 )
 def test_bad_aws_settings(stack, extra, fragment):
     done = run_cli(
-        [
-            "--queue-url",
-            stack.queue_url,
-            "--topic-arn",
-            stack.topic_arn,
-            "--log-bucket",
-            stack.bucket,
-            "--mock-mode",
-            *extra,
-        ],
+        [*stack.node_args(), "--mock-mode", *extra],
         {"AWS_ENDPOINT_URL": stack.endpoint},
     )
     assert_one_line_error(done, fragment)

@@ -11,14 +11,13 @@ Leave it out with `pytest -m "not localstack"`.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,7 +25,7 @@ from typing import Any, NoReturn
 import boto3
 import pytest
 
-from tests.conftest import IN_CI, assert_valid_event
+from tests.conftest import IN_CI
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "localstack.sh"
@@ -281,54 +280,6 @@ def messaging_stack(localstack: LocalStack) -> DeployedStack:
         log_bucket=outputs["LogBucketName"],
     )
     return DeployedStack(bus=bus, outputs=outputs, status=stack["StackStatus"])
-
-
-# ---------------------------------------------------------------- events
-
-
-class EventReader:
-    """Events from a server queue: each validated against its schema."""
-
-    def __init__(self, sqs: Any, queue_url: str) -> None:
-        self.sqs = sqs
-        self.queue_url = queue_url
-        self.events: list[dict[str, Any]] = []
-
-    def poll(self, wait: int = 1) -> None:
-        response = self.sqs.receive_message(
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=wait,
-            MessageAttributeNames=["All"],
-        )
-        for message in response.get("Messages", []):
-            event = json.loads(message["Body"])
-            assert_valid_event(event)
-            event["_attributes"] = {
-                name: value.get("StringValue")
-                for name, value in message.get("MessageAttributes", {}).items()
-            }
-            self.events.append(event)
-            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-
-    def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.events:
-                if predicate(event):
-                    return event
-            if time.monotonic() > deadline:
-                seen = [(e["event_type"], e["data"].get("run_id")) for e in self.events]
-                raise AssertionError(f"no matching event within {timeout} s; saw {seen}")
-            self.poll()
-
-    def wait_event(self, event_type: str, timeout: float = 30) -> dict[str, Any]:
-        return self.wait_for(lambda e: e["event_type"] == event_type, timeout)
-
-    def of(self, event_type: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event_type"] == event_type]
 
 
 @pytest.fixture

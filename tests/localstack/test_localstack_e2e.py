@@ -32,6 +32,7 @@ import yaml
 
 from claude_code_scheduler.config import parse_queue_url
 from tests.conftest import assert_valid_command
+from tests.integration.conftest import EventReader
 from tests.localstack.conftest import (
     ACCOUNT,
     CREDENTIALS,
@@ -44,7 +45,6 @@ from tests.localstack.conftest import (
     TEMPLATE,
     Bus,
     DeployedStack,
-    EventReader,
     InitRun,
     LocalStack,
     clean_env,
@@ -481,7 +481,7 @@ def run_one_task(
     # (standard) may hand them over in any order: give stragglers a moment.
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
-        events.poll(wait=1)
+        events.poll_events(wait=1)
     outputs = sorted(
         (e for e in events.events if run_event("TaskOutput")(e)),
         key=lambda e: e["data"]["chunk_index"],
@@ -524,7 +524,7 @@ def test_node_runs_a_task_from_the_command_topic(
     sqs, sns = localstack.client("sqs"), localstack.client("sns")
     for url in (bus.server_queue_url, bus.node_queue_url):
         drain(localstack, url)  # anything an earlier test left
-    events = EventReader(sqs, bus.server_queue_url)
+    events = EventReader(sqs=sqs, server_queue_url=bus.server_queue_url)
 
     node_id = f"ls-node-{uuid.uuid4().hex[:8]}"
     # Configured only through the environment, as docker-compose.yml and the
@@ -614,7 +614,7 @@ def test_node_runs_a_task_from_the_command_topic(
     # Nothing after NodeDeregistered; one sequence, no gaps, from this node.
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
-        events.poll(wait=1)
+        events.poll_events(wait=1)
     assert {e["node_id"] for e in events.events} == {node_id}
     sequences = sorted(e["sequence"] for e in events.events)
     assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from tests.conftest import IN_CI
 
 # The node tests run the node against the moto server of the integration suite.
 from tests.integration.conftest import moto_endpoint, stack  # noqa: F401
-from tests.realcli.claude_cli import pinned_binary, probe
+from tests.realcli.claude_cli import CliRun, pinned_binary, probe, run_claude
 
 _skip_reasons: list[str] = []
 
@@ -45,6 +47,18 @@ def run_dirs(tmp_path: Path) -> RunDirs:
     for path in (dirs.cwd, dirs.home, dirs.tmp):
         path.mkdir()
     return dirs
+
+
+RunClaude = Callable[..., CliRun]
+
+
+@pytest.fixture
+def claude(claude_bin: Path, run_dirs: RunDirs) -> RunClaude:
+    """`run_claude` with the pinned CLI and this test's run directories:
+    claude(api, args, prompt, **options)."""
+    return functools.partial(
+        run_claude, claude_bin, cwd=run_dirs.cwd, home=run_dirs.home, tmpdir=run_dirs.tmp
+    )
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

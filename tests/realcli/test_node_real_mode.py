@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.integration.conftest import NodeProcess, Stack, command, node_env
 from tests.realcli.anthropic_standin import AnthropicStandin, ApiError, Text, ToolUse
 from tests.realcli.claude_cli import (
@@ -163,15 +163,6 @@ def processes_with(token: str) -> list[int]:
         if token.encode() in cmdline:
             found.append(int(entry.name))
     return found
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 @pytest.fixture

@@ -19,23 +19,19 @@ from tests.realcli.claude_cli import (
     ROOT_BYPASS_REFUSAL,
     run_claude,
 )
-from tests.realcli.conftest import RunDirs
+from tests.realcli.conftest import RunClaude, RunDirs
 from tests.unprivileged import owned_dirs, unprivileged_user
 
 
 def test_text_reply_ends_in_a_result_line_with_the_reply(
-    claude_bin: Path, run_dirs: RunDirs
+    claude: RunClaude, run_dirs: RunDirs
 ) -> None:
     reply = "Hello from the stand-in."
     with AnthropicStandin([Text(reply)]) as api:
-        run = run_claude(
-            claude_bin,
+        run = claude(
             api,
             ["--model", "claude-sonnet-4-5"],
             "Say hello",
-            cwd=run_dirs.cwd,
-            home=run_dirs.home,
-            tmpdir=run_dirs.tmp,
         )
     assert run.returncode == 0, run.describe()
     init, result = run.init, run.result
@@ -60,20 +56,18 @@ def test_text_reply_ends_in_a_result_line_with_the_reply(
     assert api.main_requests[0].headers["x-api-key"] == "<redacted>"
 
 
-def test_tool_use_write_lands_in_the_working_directory(claude_bin: Path, run_dirs: RunDirs) -> None:
+def test_tool_use_write_lands_in_the_working_directory(
+    claude: RunClaude, run_dirs: RunDirs
+) -> None:
     turns: list[Turn] = [
         ToolUse("Write", {"file_path": "hello.txt", "content": "written by the stand-in\n"}),
         Text("Wrote hello.txt."),
     ]
     with AnthropicStandin(turns) as api:
-        run = run_claude(
-            claude_bin,
+        run = claude(
             api,
             ["--permission-mode", "acceptEdits"],
             "Write hello.txt",
-            cwd=run_dirs.cwd,
-            home=run_dirs.home,
-            tmpdir=run_dirs.tmp,
         )
     assert run.returncode == 0, run.describe()
     assert (run_dirs.cwd / "hello.txt").read_text() == "written by the stand-in\n"
@@ -108,18 +102,12 @@ def test_write_is_denied_in_default_mode_unless_allowed(claude_bin: Path, tmp_pa
         assert "Write" in api.main_requests[0].tool_names
 
 
-def test_api_error_401_is_an_error_result_in_the_clis_words(
-    claude_bin: Path, run_dirs: RunDirs
-) -> None:
+def test_api_error_401_is_an_error_result_in_the_clis_words(claude: RunClaude) -> None:
     with AnthropicStandin([ApiError(401)]) as api:
-        run = run_claude(
-            claude_bin,
+        run = claude(
             api,
             [],
             "Say hello",
-            cwd=run_dirs.cwd,
-            home=run_dirs.home,
-            tmpdir=run_dirs.tmp,
             # Without it the CLI retries a 401 ten times over about three minutes.
             env={"CLAUDE_CODE_MAX_RETRIES": "0"},
         )
@@ -134,18 +122,12 @@ def test_api_error_401_is_an_error_result_in_the_clis_words(
     assert len(api.main_requests) == 1
 
 
-def test_api_error_retries_are_bounded_by_claude_code_max_retries(
-    claude_bin: Path, run_dirs: RunDirs
-) -> None:
+def test_api_error_retries_are_bounded_by_claude_code_max_retries(claude: RunClaude) -> None:
     with AnthropicStandin([ApiError(429)]) as api:
-        run = run_claude(
-            claude_bin,
+        run = claude(
             api,
             [],
             "Say hello",
-            cwd=run_dirs.cwd,
-            home=run_dirs.home,
-            tmpdir=run_dirs.tmp,
             env={"CLAUDE_CODE_MAX_RETRIES": "1"},
         )
     assert run.returncode == 1, run.describe()
@@ -157,16 +139,12 @@ def test_api_error_retries_are_bounded_by_claude_code_max_retries(
     assert result["result"].startswith("API Error: Request rejected (429)")
 
 
-def test_missing_api_key_says_not_logged_in(claude_bin: Path, run_dirs: RunDirs) -> None:
+def test_missing_api_key_says_not_logged_in(claude: RunClaude) -> None:
     with AnthropicStandin([Text("unused")]) as api:
-        run = run_claude(
-            claude_bin,
+        run = claude(
             api,
             [],
             "Say hello",
-            cwd=run_dirs.cwd,
-            home=run_dirs.home,
-            tmpdir=run_dirs.tmp,
             api_key=None,
         )
     assert run.returncode == 1, run.describe()
@@ -176,21 +154,15 @@ def test_missing_api_key_says_not_logged_in(claude_bin: Path, run_dirs: RunDirs)
     assert api.main_requests == []
 
 
-def test_max_turns_ends_in_error_max_turns_without_a_result_text(
-    claude_bin: Path, run_dirs: RunDirs
-) -> None:
+def test_max_turns_ends_in_error_max_turns_without_a_result_text(claude: RunClaude) -> None:
     turns: list[Turn] = [
         ToolUse("Bash", {"command": f"echo {i}", "description": "echo"}) for i in range(3)
     ]
     with AnthropicStandin(turns) as api:
-        run = run_claude(
-            claude_bin,
+        run = claude(
             api,
             ["--allowedTools", "Bash", "--max-turns", "1"],
             "count",
-            cwd=run_dirs.cwd,
-            home=run_dirs.home,
-            tmpdir=run_dirs.tmp,
         )
     assert run.returncode == 1, run.describe()
     result = run.result
@@ -202,10 +174,9 @@ def test_max_turns_ends_in_error_max_turns_without_a_result_text(
     assert len(api.main_requests) == 1
 
 
-def test_task_flags_reach_the_cli(claude_bin: Path, run_dirs: RunDirs) -> None:
+def test_task_flags_reach_the_cli(claude: RunClaude) -> None:
     with AnthropicStandin([Text("ok")]) as api:
-        run = run_claude(
-            claude_bin,
+        run = claude(
             api,
             [
                 "--model",
@@ -222,9 +193,6 @@ def test_task_flags_reach_the_cli(claude_bin: Path, run_dirs: RunDirs) -> None:
                 "3",
             ],
             "flags",
-            cwd=run_dirs.cwd,
-            home=run_dirs.home,
-            tmpdir=run_dirs.tmp,
         )
     assert run.returncode == 0, run.describe()
     init = run.init
@@ -240,16 +208,12 @@ def test_task_flags_reach_the_cli(claude_bin: Path, run_dirs: RunDirs) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the root guard only shows as root")
-def test_bypass_permissions_as_root_is_refused(claude_bin: Path, run_dirs: RunDirs) -> None:
+def test_bypass_permissions_as_root_is_refused(claude: RunClaude) -> None:
     with AnthropicStandin([Text("unused")]) as api:
-        run = run_claude(
-            claude_bin,
+        run = claude(
             api,
             ["--permission-mode", "bypassPermissions"],
             "go",
-            cwd=run_dirs.cwd,
-            home=run_dirs.home,
-            tmpdir=run_dirs.tmp,
         )
     assert run.returncode == 1
     assert run.stdout == ""

@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 
 from claude_code_scheduler.execution import (
-    MAX_RETRIES_VAR as MAX_RETRIES,
-)
-from claude_code_scheduler.execution import (
+    MAX_RETRIES_VAR,
     ROOT_ADVICE,
     ProcessRun,
     ResultTracker,
@@ -113,10 +111,12 @@ def test_the_operators_own_config_folder_wins(tmp_path: Path) -> None:
 
 def test_max_retries_option_is_a_default_the_task_may_override() -> None:
     base = {"CLAUDE_CODE_MAX_RETRIES": "7"}
-    assert child_environment(base, {}, run_id="r", claude_max_retries=2)[MAX_RETRIES] == "2"
-    assert child_environment(base, {}, run_id="r")[MAX_RETRIES] == "7"
-    task_env = {MAX_RETRIES: "0"}
-    assert child_environment(base, task_env, run_id="r", claude_max_retries=2)[MAX_RETRIES] == "0"
+    assert child_environment(base, {}, run_id="r", claude_max_retries=2)[MAX_RETRIES_VAR] == "2"
+    assert child_environment(base, {}, run_id="r")[MAX_RETRIES_VAR] == "7"
+    task_env = {MAX_RETRIES_VAR: "0"}
+    assert (
+        child_environment(base, task_env, run_id="r", claude_max_retries=2)[MAX_RETRIES_VAR] == "0"
+    )
 
 
 def test_the_task_cannot_change_the_run_marker() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from tests.conftest import wait_until
 from unit_support import (
     FakeOutbox,
     FakeQueue,
@@ -29,15 +30,6 @@ from claude_code_scheduler.leases import LeaseKeeper
 from claude_code_scheduler.node import Node, receive_backoff
 from claude_code_scheduler.protocol import Event, RunTask
 from claude_code_scheduler.runs import RunControl, RunReport
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 class FakeRun:
@@ -190,7 +182,7 @@ def test_heartbeat_goes_idle_busy_idle_draining(fx: Fixture) -> None:
 
     for run in fx.runs():
         run.finish_ok.set()
-    assert wait_for(fx.idle)
+    assert wait_until(fx.idle)
     after = fx.node.heartbeat()
     assert after["running"] == []
     assert after["tasks_completed"] == 2
@@ -207,7 +199,7 @@ def test_a_failed_run_counts_as_failed(fx: Fixture) -> None:
     run = fx.runs()[0]
     run.completes = False
     run.finish_ok.set()
-    assert wait_for(fx.idle)
+    assert wait_until(fx.idle)
     assert fx.node.heartbeat()["tasks_failed"] == 1
     assert fx.node.heartbeat()["tasks_completed"] == 0
 
@@ -268,14 +260,14 @@ def test_a_duplicate_of_a_running_run_is_not_started_again(fx: Fixture) -> None:
     fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1-again"))
     assert len(fx.runs()) == 1
     fx.runs()[0].finish_ok.set()
-    assert wait_for(fx.idle)
+    assert wait_until(fx.idle)
     assert sorted(fx.queue.of("delete")) == [("delete", "r-1-again"), ("delete", "r-2")]
 
 
 def test_a_duplicate_of_a_finished_run_is_deleted_not_run(fx: Fixture) -> None:
     fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
     fx.runs()[0].finish_ok.set()
-    assert wait_for(fx.idle)
+    assert wait_until(fx.idle)
     fx.node._accept(message(run_task_body("run-1"), "m-9", "r-9"))
     assert len(fx.runs()) == 1
     assert fx.queue.of("delete") == [("delete", "r-1"), ("delete", "r-9")]
@@ -285,7 +277,7 @@ def test_a_duplicate_of_a_finished_run_is_deleted_not_run(fx: Fixture) -> None:
 def test_a_handed_back_run_may_run_again(fx: Fixture) -> None:
     fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
     fx.runs()[0].control.cancel.set()
-    assert wait_for(fx.idle)
+    assert wait_until(fx.idle)
     assert fx.queue.of("change_visibility") == [("change_visibility", "r-1", 0)]
     fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1b"))
     assert len(fx.runs()) == 2
@@ -310,21 +302,21 @@ def test_the_poller_never_asks_for_more_than_the_free_slots(
     poller = threading.Thread(target=fx.node._poll_loop, daemon=True)
     poller.start()
     try:
-        assert wait_for(lambda: len(fx.runs()) == 1)
-        assert wait_for(lambda: len(fx.queue.of("receive")) >= 3)
+        assert wait_until(lambda: len(fx.runs()) == 1)
+        assert wait_until(lambda: len(fx.queue.of("receive")) >= 3)
         receives = fx.queue.of("receive")
         assert receives[0] == ("receive", 2, 7)
         assert set(receives[1:]) == {("receive", 1, 7)}
 
         fx.queue.batches = [[message(run_task_body("run-2"), "m-2", "r-2")]]
-        assert wait_for(lambda: len(fx.runs()) == 2)
+        assert wait_until(lambda: len(fx.runs()) == 2)
         time.sleep(0.1)
         count = len(fx.queue.of("receive"))
         time.sleep(0.3)
         assert len(fx.queue.of("receive")) == count, "no receive while every slot is taken"
 
         fx.runs()[0].finish_ok.set()
-        assert wait_for(lambda: len(fx.queue.of("receive")) > count)
+        assert wait_until(lambda: len(fx.queue.of("receive")) > count)
         assert fx.queue.of("receive")[-1] == ("receive", 1, 7)
     finally:
         fx.node.request_stop("test")
@@ -351,7 +343,7 @@ def test_receive_failures_back_off_and_recover(
     poller = threading.Thread(target=fx.node._poll_loop, daemon=True)
     poller.start()
     try:
-        assert wait_for(lambda: len(fx.runs()) == 1)
+        assert wait_until(lambda: len(fx.runs()) == 1)
     finally:
         fx.node.request_stop("test")
         poller.join(5)
@@ -368,6 +360,14 @@ def run_node(fx: Fixture) -> tuple[threading.Thread, list[int]]:
     return thread, exit_codes
 
 
+def run_node_with_one_run(fx: Fixture) -> tuple[threading.Thread, list[int]]:
+    """The node running, with run-1 (message m-1, receipt r-1) started."""
+    fx.queue.batches = [[message(run_task_body("run-1"), "m-1", "r-1")]]
+    thread, exit_codes = run_node(fx)
+    assert wait_until(lambda: len(fx.runs()) == 1)
+    return thread, exit_codes
+
+
 def test_idle_lifecycle_and_the_poll_in_flight_at_shutdown(fx: Fixture) -> None:
     """Registered first, heartbeats, Deregistered last; nothing after close; a
     message the last poll brings back is released, not run."""
@@ -375,7 +375,7 @@ def test_idle_lifecycle_and_the_poll_in_flight_at_shutdown(fx: Fixture) -> None:
     fx.queue.on_receive = lambda: [late] if fx.node._stop.is_set() else None
     fx.queue.delay = 0.3
     thread, exit_codes = run_node(fx)
-    assert wait_for(lambda: "NodeHeartbeat" in fx.outbox.types(), timeout=5)
+    assert wait_until(lambda: "NodeHeartbeat" in fx.outbox.types(), timeout=5)
     started = time.monotonic()
     fx.node.request_stop("SIGTERM")
     thread.join(10)
@@ -401,9 +401,7 @@ def test_idle_lifecycle_and_the_poll_in_flight_at_shutdown(fx: Fixture) -> None:
 
 def test_busy_shutdown_waits_then_hands_the_run_back(make: Callable[..., Fixture]) -> None:
     fx = make(shutdown_timeout=0.5)
-    fx.queue.batches = [[message(run_task_body("run-1"), "m-1", "r-1")]]
-    thread, exit_codes = run_node(fx)
-    assert wait_for(lambda: len(fx.runs()) == 1)
+    thread, exit_codes = run_node_with_one_run(fx)
     started = time.monotonic()
     fx.node.request_stop("SIGTERM")
     time.sleep(0.2)
@@ -422,9 +420,7 @@ def test_a_run_that_finishes_within_the_budget_is_not_cancelled(
     make: Callable[..., Fixture],
 ) -> None:
     fx = make(shutdown_timeout=5)
-    fx.queue.batches = [[message(run_task_body("run-1"), "m-1", "r-1")]]
-    thread, exit_codes = run_node(fx)
-    assert wait_for(lambda: len(fx.runs()) == 1)
+    thread, exit_codes = run_node_with_one_run(fx)
     fx.node.request_stop("SIGTERM")
     threading.Timer(0.3, fx.runs()[0].finish_ok.set).start()
     thread.join(10)
@@ -436,9 +432,7 @@ def test_a_run_that_finishes_within_the_budget_is_not_cancelled(
 
 def test_a_second_signal_skips_the_wait(make: Callable[..., Fixture]) -> None:
     fx = make(shutdown_timeout=60)
-    fx.queue.batches = [[message(run_task_body("run-1"), "m-1", "r-1")]]
-    thread, exit_codes = run_node(fx)
-    assert wait_for(lambda: len(fx.runs()) == 1)
+    thread, exit_codes = run_node_with_one_run(fx)
     started = time.monotonic()
     fx.node.request_stop("SIGTERM")
     time.sleep(0.1)
@@ -480,7 +474,7 @@ def test_a_duplicate_arriving_as_the_run_ends_is_not_held_forever(
     assert run.deleted.wait(5)
     fx.node._accept(message(run_task_body("run-1"), "m-2", "r-2"))
     run.may_return.set()
-    assert wait_for(fx.idle)
+    assert wait_until(fx.idle)
     assert len(fx.runs()) == 1
-    assert wait_for(lambda: fx.leases.held() == [], timeout=1)
+    assert wait_until(lambda: fx.leases.held() == [], timeout=1)
     assert ("delete", "r-2") in fx.queue.calls
