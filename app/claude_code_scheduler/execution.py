@@ -395,7 +395,9 @@ class ProcessRun:
         timed_out = cancelled = False
         kill_at: float | None = None
         drain_until: float | None = None
-        while open_streams:
+        # Until the output has ended and the CLI has exited: a CLI that closes
+        # its pipes and goes on running is still held to its deadline.
+        while open_streams or process.poll() is None:
             now = self._clock()
             if kill_at is None and (now >= deadline or self._cancel.is_set()):
                 timed_out = now >= deadline
@@ -414,7 +416,7 @@ class ProcessRun:
             open_streams -= self._take_output(self._next_wait(now, deadline, kill_at))
         process.wait()
         if drain_until is None:
-            # The pipes closed before the CLI exited: its leftovers are not dealt with yet.
+            # The CLI exited just after the loop last looked: its leftovers are still there.
             self._kill_leftovers(process)
         return timed_out, cancelled
 

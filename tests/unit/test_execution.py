@@ -539,6 +539,25 @@ def test_timeout_kills_a_process_that_ignores_sigterm(harness: Harness) -> None:
     assert harness.text() == "ignoring SIGTERM\n"
 
 
+def test_a_cli_that_closes_its_output_is_still_held_to_its_deadline(harness: Harness) -> None:
+    started = time.monotonic()
+    run = harness.run(
+        python(
+            """
+            import os, time
+            os.close(1)
+            os.close(2)
+            time.sleep(60)
+            """
+        ),
+        timeout=1.0,
+        kill_grace=0.2,
+    )
+    assert run.timed_out
+    assert run.exit_code is not None and run.exit_code < 0
+    assert time.monotonic() - started < 20
+
+
 def test_cancel_terminates_the_run(harness: Harness) -> None:
     threading.Timer(0.3, harness.cancel.set).start()
     started = time.monotonic()
