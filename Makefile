@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types demo bench clean
+.PHONY: test lint types demo bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ demo: $(STAMP)
 # Figures, not pass/fail: throughput of the output pipeline and task latency on moto.
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
+
+docs: $(STAMP)
+	$(BIN)/python scripts/options_table.py --write
 
 clean:
 	rm -rf $(VENV) .cache build dist

@@ -33,7 +33,7 @@ from tests.integration.conftest import (
 from tests.realcli.anthropic_standin import AnthropicStandin, Text
 from tests.realcli.claude_cli import pinned_binary, probe
 
-from claude_code_scheduler.output import OutputBatcher, OutputRecorder
+from claude_code_scheduler.node.output import OutputBatcher, OutputRecorder
 
 TASKS = 20
 

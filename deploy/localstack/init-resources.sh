@@ -14,19 +14,40 @@
 #
 # It runs as a LocalStack ready.d hook (docker-compose.yml mounts it into
 # /etc/localstack/init/ready.d), where `awslocal` is on PATH. On the host,
-# against a LocalStack listening on localhost:4566, choose the command with AWS_CMD:
+# choose the command with AWS_CMD:
 #
-#   AWS_CMD=awslocal deploy/localstack/init-resources.sh
+#   AWS_CMD="scripts/localstack.sh aws" deploy/localstack/init-resources.sh
 #   AWS_CMD="aws --endpoint-url http://localhost:4566" deploy/localstack/init-resources.sh
 #
 # (plain `aws` needs credentials in the environment; LocalStack accepts any,
 # e.g. AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test).
 #
 # Idempotent: a second run finds everything in place and changes nothing.
-# On stdout it prints the node's settings as NAME=value lines (progress goes to
-# stderr), so `eval "$(... | sed 's/^/export /')"` configures a shell.
 #
-# Environment: AWS_CMD (default awslocal); RESOURCE_PREFIX (default
+# On stdout it prints, as NAME=value lines (progress goes to stderr), what a node
+# and the client commands (submit, events, nodes) need, so that
+#
+#   eval "$(AWS_CMD=... deploy/localstack/init-resources.sh | sed 's/^/export /')"
+#
+# configures a shell for both: AWS_REGION, AWS_ENDPOINT_URL, the command topic
+# (CLAUDE_COMMAND_TOPIC_ARN, where submit publishes), the control bus (as
+# CLAUDE_CONTROL_BUS_ARN for the client's readers and CLAUDE_NODE_TOPIC_ARN for
+# the node), CLAUDE_NODE_QUEUE_URL and CLAUDE_NODE_LOG_BUCKET. Credentials are
+# not among them. Nor is the server queue: given CLAUDE_SERVER_QUEUE_URL, events,
+# nodes and submit --wait read that queue and DELETE what they read, taking the
+# events from the scheduler that owns it. Its URL goes to stderr, for that
+# scheduler.
+#
+# AWS_ENDPOINT_URL is the endpoint AWS_CMD sends its requests to:
+# - ENDPOINT_URL, when set;
+# - else the URL after --endpoint-url in AWS_CMD;
+# - else, for AWS_CMD="scripts/localstack.sh aws" (or scripts/localstack_host.py
+#   aws), what that command's `endpoint` prints;
+# - else, for awslocal (the ready.d hook in the compose file's container),
+#   http://localhost:4566, where compose publishes LocalStack on the host.
+# With none of these it stops before creating anything: set ENDPOINT_URL.
+#
+# Environment: AWS_CMD (default awslocal); ENDPOINT_URL; RESOURCE_PREFIX (default
 # claude-code-scheduler); AWS_DEFAULT_REGION or AWS_REGION (default us-east-1).
 set -euo pipefail
 
@@ -35,6 +56,39 @@ if ! command -v "${AWS_COMMAND[0]:-}" >/dev/null 2>&1; then
     echo "init-resources: '${AWS_COMMAND[0]:-}' not found; set AWS_CMD (see the top of $0)" >&2
     exit 127
 fi
+
+# The endpoint to print; the rule is at the top of this script.
+endpoint_url() {
+    local i n=${#AWS_COMMAND[@]}
+    if [[ -n ${ENDPOINT_URL:-} ]]; then
+        echo "$ENDPOINT_URL"
+        return
+    fi
+    for ((i = 0; i < n; i++)); do
+        case ${AWS_COMMAND[i]} in
+            --endpoint-url=*)
+                echo "${AWS_COMMAND[i]#*=}"
+                return
+                ;;
+            --endpoint-url)
+                echo "${AWS_COMMAND[i + 1]:-}"
+                return
+                ;;
+        esac
+    done
+    if ((n >= 2)) && [[ ${AWS_COMMAND[n - 1]} == aws ]] &&
+        [[ ${AWS_COMMAND[n - 2]} == *localstack.sh || ${AWS_COMMAND[n - 2]} == *localstack_host.py ]]; then
+        "${AWS_COMMAND[@]:0:n-1}" endpoint
+        return
+    fi
+    if [[ ${AWS_COMMAND[0]##*/} == awslocal ]]; then
+        echo "http://localhost:4566"
+        return
+    fi
+    echo "init-resources: cannot tell where '${AWS_CMD:-}' sends its requests; set ENDPOINT_URL (see the top of $0)" >&2
+    return 2
+}
+endpoint="$(endpoint_url)" || exit
 prefix="${RESOURCE_PREFIX:-claude-code-scheduler}"
 region="${AWS_DEFAULT_REGION:-${AWS_REGION:-us-east-1}}"
 
@@ -170,11 +224,13 @@ awscli s3api put-bucket-lifecycle-configuration --bucket "$log_bucket" \
         '"AbortIncompleteMultipartUpload":{"DaysAfterInitiation":1}}]}')" >/dev/null
 
 say "done"
+say "the scheduler's server queue (not for the client commands): $server_queue_url"
 cat <<EOF
 AWS_REGION=$region
+AWS_ENDPOINT_URL=$endpoint
 CLAUDE_COMMAND_TOPIC_ARN=$command_topic_arn
+CLAUDE_CONTROL_BUS_ARN=$control_bus_arn
 CLAUDE_NODE_TOPIC_ARN=$control_bus_arn
 CLAUDE_NODE_QUEUE_URL=$node_queue_url
-CLAUDE_SERVER_QUEUE_URL=$server_queue_url
 CLAUDE_NODE_LOG_BUCKET=$log_bucket
 EOF

@@ -55,17 +55,28 @@ def claude_code_version() -> str:
 # --- the node's command line ---------------------------------------------------
 
 
+# The client's commands: they read the control bus, and submit publishes commands.
+CLIENT_COMMANDS = ("submit", "events", "nodes")
+
+
+def _envvars(param: click.Parameter) -> set[str]:
+    envvar = getattr(param, "envvar", None)
+    if isinstance(envvar, str):
+        return {envvar}
+    return set(envvar or ())
+
+
 def command_envvars(name: str) -> set[str]:
     """Every environment variable an option of `claude-code-scheduler <name>` reads."""
-    command = cli.commands[name]
-    names: set[str] = set()
-    for param in command.params:
-        envvar = getattr(param, "envvar", None)
-        if isinstance(envvar, str):
-            names.add(envvar)
-        elif envvar:
-            names.update(envvar)
-    return names
+    return {envvar for param in cli.commands[name].params for envvar in _envvars(param)}
+
+
+def option_envvars(name: str, option: str) -> set[str]:
+    """The environment variables one option (by its Python name, e.g.
+    server_queue_url) of `claude-code-scheduler <name>` reads."""
+    params = [p for p in cli.commands[name].params if p.name == option]
+    assert params, f"{name} has no option {option}"
+    return _envvars(params[0])
 
 
 def node_envvars() -> set[str]:
@@ -104,6 +115,12 @@ def seconds(duration: str | int | float) -> float:
     if not total and re.fullmatch(r"\d+(\.\d+)?", duration):
         total = float(duration)
     return total
+
+
+def assignments(text: str) -> dict[str, str]:
+    """NAME=value lines, as deploy/localstack/init-resources.sh prints them."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if line)
+    return {name: value for name, value in pairs}
 
 
 # --- docker-compose.yml --------------------------------------------------------

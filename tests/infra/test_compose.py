@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from claude_code_scheduler.node import FINAL_PUBLISH_SECONDS, HAND_BACK_SECONDS
+from claude_code_scheduler.node.worker import FINAL_PUBLISH_SECONDS, HAND_BACK_SECONDS
 from tests.infra import support
 
 # After SIGTERM a busy node waits CLAUDE_NODE_SHUTDOWN_TIMEOUT for its runs,

@@ -13,7 +13,7 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from claude_code_scheduler.bus import READER_QUEUE_PREFIX
+from claude_code_scheduler.client.bus import READER_QUEUE_PREFIX
 from tests.infra import support
 from tests.infra.test_compose import shutdown_budget
 
@@ -65,13 +65,30 @@ def iam_actions_called(path: Path) -> set[str]:
     return actions
 
 
+def actions_called_in(folder: Path) -> set[str]:
+    modules = sorted(folder.glob("*.py"))
+    assert modules, f"no modules in {folder}"
+    return set().union(*(iam_actions_called(module) for module in modules))
+
+
 def node_actions_called() -> set[str]:
-    actions = iam_actions_called(PACKAGE / "aws.py")
-    protection = PACKAGE / "protection.py"
+    """The node makes its AWS calls in the aws/ adapters only."""
+    actions = actions_called_in(PACKAGE / "aws")
     # The ECS agent's endpoint calls UpdateTaskProtection with the task role.
-    if protection.exists() and "task-protection/v1/state" in protection.read_text():
+    if "task-protection/v1/state" in (PACKAGE / "aws" / "protection.py").read_text():
         actions.add("ecs:UpdateTaskProtection")
     return actions
+
+
+def test_only_the_adapters_call_aws() -> None:
+    """What the policies are checked against is all there is: no module outside
+    aws/ and client/ calls a boto3 client."""
+    elsewhere = {
+        path
+        for path in PACKAGE.rglob("*.py")
+        if path.parent.name not in ("aws", "client") and iam_actions_called(path)
+    }
+    assert elsewhere == set()
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +169,7 @@ def test_node_policy_resources_are_the_bus_the_node_uses(
 
 def test_operator_policy_has_exactly_the_actions_the_client_calls() -> None:
     granted = support.policy_actions(support.read_json(support.OPERATOR_POLICY))
-    called = iam_actions_called(PACKAGE / "bus.py")
+    called = actions_called_in(PACKAGE / "client")
     assert granted == called, (
         f"granted but not called: {sorted(granted - called)}; "
         f"called but not granted: {sorted(called - granted)}"

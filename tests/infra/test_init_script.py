@@ -2,7 +2,8 @@
 
 The script runs for real, with a recording stand-in for `awslocal` as its
 AWS_CMD (the same switch that points it at a LocalStack on the host), and the
-resources it asks for are compared with the template's.
+resources it asks for are compared with the template's. The settings it
+prints are loaded, as printed, into the client commands run against moto.
 """
 
 from __future__ import annotations
@@ -11,15 +12,22 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from tests.infra import support
 from tests.infra.support import Bus
+from tests.integration.conftest import CREDENTIALS, moto_endpoint  # noqa: F401
 
 FAKE_AWS = Path(__file__).with_name("fake_aws.py")
+# The endpoint the recording stand-in is given, and the one its queue URLs name.
+FAKE_ENDPOINT = "http://localhost:4566"
+EXIT_WAIT_TIMEOUT = 124  # submit --wait gave up
 QUEUE_SETTINGS = (
     "VisibilityTimeout",
     "MessageRetentionPeriod",
@@ -28,25 +36,45 @@ QUEUE_SETTINGS = (
 )
 
 
-def run_init_script(state: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    state.mkdir(exist_ok=True)
-    environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "AWS_CMD": f"{sys.executable} {FAKE_AWS} {state}",
-        **env,
-    }
+def fake_aws(state: Path) -> str:
+    """The recording stand-in as a command line."""
+    return f"{sys.executable} {FAKE_AWS} {state}"
+
+
+def run_script(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The init script with exactly this environment."""
     return subprocess.run(
         [str(support.INIT_SCRIPT)],
-        env=environ,
+        env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
 
 
+def run_init_script(state: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    state.mkdir(exist_ok=True)
+    return run_script(
+        {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "AWS_CMD": f"{fake_aws(state)} --endpoint-url {FAKE_ENDPOINT}",
+            **env,
+        }
+    )
+
+
 def calls(state: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
+    path = state / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def stand_in(path: Path, script: str) -> Path:
+    """An executable shell script at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return path
 
 
 def queue_name(url: str) -> str:
@@ -154,23 +182,30 @@ def bus_from_template() -> Bus:
     return bus
 
 
+@dataclass
+class Created:
+    bus: Bus
+    settings: dict[str, str]  # what it printed on stdout
+    stderr: str
+
+
 @pytest.fixture(scope="module")
-def created(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bus, list[str]]:
+def created(tmp_path_factory: pytest.TempPathFactory) -> Created:
     state = tmp_path_factory.mktemp("init-script")
     result = run_init_script(state)
     assert result.returncode == 0, result.stderr
-    return bus_from_calls(calls(state)), result.stdout.splitlines()
+    return Created(bus_from_calls(calls(state)), support.assignments(result.stdout), result.stderr)
 
 
-def test_creates_the_topics_and_queues_of_the_template(created: tuple[Bus, list[str]]) -> None:
-    bus, _ = created
+def test_creates_the_topics_and_queues_of_the_template(created: Created) -> None:
+    bus = created.bus
     expected = bus_from_template()
     assert bus.topics == expected.topics
     assert bus.queues == expected.queues
 
 
-def test_subscribes_the_same_queues_with_raw_delivery(created: tuple[Bus, list[str]]) -> None:
-    bus, _ = created
+def test_subscribes_the_same_queues_with_raw_delivery(created: Created) -> None:
+    bus = created.bus
     expected = bus_from_template()
     assert bus.subscriptions == expected.subscriptions
     assert bus.queue_senders == expected.queue_senders
@@ -179,10 +214,8 @@ def test_subscribes_the_same_queues_with_raw_delivery(created: tuple[Bus, list[s
         assert topic in bus.queue_senders[queue]
 
 
-def test_creates_the_log_bucket_with_the_template_settings(
-    created: tuple[Bus, list[str]],
-) -> None:
-    bus, _ = created
+def test_creates_the_log_bucket_with_the_template_settings(created: Created) -> None:
+    bus = created.bus
     expected = bus_from_template()
     # The template's bucket name is global, so it ends in the account and region.
     assert expected.bucket == bus.bucket + "-${AWS::AccountId}-${AWS::Region}"
@@ -190,17 +223,150 @@ def test_creates_the_log_bucket_with_the_template_settings(
     assert bus.bucket_settings["public_access_flags"] == 4
 
 
-def test_names_are_the_ones_compose_gives_the_worker(created: tuple[Bus, list[str]]) -> None:
-    bus, printed = created
+def test_names_are_the_ones_compose_gives_the_worker(created: Created) -> None:
+    bus, settings = created.bus, created.settings
     env = support.environment(support.compose()["services"]["worker"])
     assert queue_name(env["CLAUDE_NODE_QUEUE_URL"]) in bus.queues
     assert support.arn_name(env["CLAUDE_NODE_TOPIC_ARN"]) in bus.topics
     assert env["CLAUDE_NODE_LOG_BUCKET"] == bus.bucket
-    settings = dict(line.split("=", 1) for line in printed)
     assert settings["CLAUDE_NODE_LOG_BUCKET"] == bus.bucket
     assert support.arn_name(settings["CLAUDE_NODE_TOPIC_ARN"]) == support.arn_name(
         env["CLAUDE_NODE_TOPIC_ARN"]
     )
+
+
+# ---------------------------------------------------------------- what it prints
+
+
+def test_prints_only_what_the_node_and_the_client_read(created: Created) -> None:
+    read = support.node_envvars().union(*map(support.command_envvars, support.CLIENT_COMMANDS))
+    assert set(created.settings) <= read
+    # The client's readers take CLAUDE_CONTROL_BUS_ARN, the node CLAUDE_NODE_TOPIC_ARN.
+    assert created.settings["CLAUDE_CONTROL_BUS_ARN"] == created.settings["CLAUDE_NODE_TOPIC_ARN"]
+    assert support.arn_name(created.settings["CLAUDE_CONTROL_BUS_ARN"]) in created.bus.topics
+
+
+def test_never_prints_a_queue_that_a_reading_command_would_drain(created: Created) -> None:
+    """Given a server queue, events, nodes and submit --wait read it and delete
+    what they read: the scheduler that owns it would lose its events."""
+    for command in support.CLIENT_COMMANDS:
+        assert not support.option_envvars(command, "server_queue_url") & set(created.settings)
+    # The scheduler finds its queue on stderr.
+    server_queue = "claude-code-scheduler-server-queue"
+    assert f"{FAKE_ENDPOINT}/000000000000/{server_queue}" in created.stderr
+
+
+@pytest.mark.parametrize(
+    ("aws_cmd", "env", "expected"),
+    [
+        ("{fake} --endpoint-url http://127.0.0.1:4510", {}, "http://127.0.0.1:4510"),
+        ("{fake} --endpoint-url=http://127.0.0.1:4511", {}, "http://127.0.0.1:4511"),
+        (
+            "{fake} --endpoint-url http://127.0.0.1:4512",
+            {"ENDPOINT_URL": "http://host.example:4513"},
+            "http://host.example:4513",
+        ),
+        # scripts/localstack.sh aws knows its endpoint: `endpoint` prints it.
+        ("{bin}/localstack.sh aws", {}, "http://127.0.0.1:4514"),
+        ("sh {bin}/localstack_host.py aws", {}, "http://127.0.0.1:4514"),
+        # The ready.d hook in compose's container; compose publishes port 4566.
+        ("awslocal", {}, "http://localhost:4566"),
+        (None, {}, "http://localhost:4566"),  # AWS_CMD unset: awslocal, as in the hook
+    ],
+)
+def test_prints_the_endpoint_it_sent_to(
+    tmp_path: Path, aws_cmd: str | None, env: dict[str, str], expected: str
+) -> None:
+    state, bin_dir = tmp_path / "state", tmp_path / "bin"
+    state.mkdir()
+    wrapper = (
+        "case $1 in endpoint) echo http://127.0.0.1:4514 ;;"
+        f' aws) shift; exec {fake_aws(state)} "$@" ;; esac'
+    )
+    stand_in(bin_dir / "localstack.sh", wrapper)
+    stand_in(bin_dir / "localstack_host.py", wrapper)
+    stand_in(bin_dir / "awslocal", f'exec {fake_aws(state)} "$@"')
+    environ = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", **env}
+    if aws_cmd is not None:
+        environ["AWS_CMD"] = aws_cmd.format(fake=fake_aws(state), bin=bin_dir)
+    result = run_script(environ)
+    assert result.returncode == 0, result.stderr
+    assert support.assignments(result.stdout)["AWS_ENDPOINT_URL"] == expected
+
+
+def test_stops_when_it_cannot_tell_the_endpoint(tmp_path: Path) -> None:
+    result = run_init_script(tmp_path, AWS_CMD=fake_aws(tmp_path))
+    assert result.returncode == 2
+    assert "ENDPOINT_URL" in result.stderr
+    assert not result.stdout
+    assert calls(tmp_path) == [], "it created resources first"
+
+
+def test_printed_settings_work_as_printed(moto_endpoint: str, tmp_path: Path) -> None:  # noqa: F811
+    """Loaded into an environment as printed, the client commands publish to the
+    command topic and read the control bus through queues of their own: the
+    scheduler's server queue keeps its messages."""
+    prefix = f"init-{uuid.uuid4().hex[:8]}"
+    result = run_script(
+        {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(support.REPO),
+            "AWS_CMD": f"{sys.executable} -m tests.infra.moto_aws --endpoint-url {moto_endpoint}",
+            "RESOURCE_PREFIX": prefix,
+            **CREDENTIALS,
+        }
+    )
+    assert result.returncode == 0, result.stderr
+    settings = support.assignments(result.stdout)
+    assert settings["AWS_ENDPOINT_URL"] == moto_endpoint
+    sqs = boto3.client(  # type: ignore[call-overload]
+        "sqs",
+        endpoint_url=moto_endpoint,
+        region_name=settings["AWS_REGION"],
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+    server_queue = sqs.get_queue_url(QueueName=f"{prefix}-server-queue")["QueueUrl"]
+    assert server_queue in result.stderr
+    unread = 2  # events the scheduler has not read yet
+    for n in range(unread):
+        sqs.send_message(QueueUrl=server_queue, MessageBody=json.dumps({"unread": n}))
+
+    def client(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "claude_code_scheduler", *args],
+            env={**CREDENTIALS, **settings},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    for args in (["events", "--listen", "1"], ["nodes", "--listen", "1"]):
+        ran = client(*args)
+        assert ran.returncode == 0, f"{args}: {ran.stderr}"
+    # Both the command topic and the node queue are printed (a node needs the
+    # queue): submit takes the topic.
+    submitted = client("submit", "--prompt", "hello")
+    assert submitted.returncode == 0, submitted.stderr
+    waited = client("submit", "--prompt", "hello", "--wait", "--wait-timeout", "1")
+    assert waited.returncode == EXIT_WAIT_TIMEOUT, waited.stderr
+
+    counts = sqs.get_queue_attributes(
+        QueueUrl=server_queue,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert counts == {
+        "ApproximateNumberOfMessages": str(unread),
+        "ApproximateNumberOfMessagesNotVisible": "0",
+    }
+    # Published to the command topic, delivered (raw) to the nodes' queue.
+    received = sqs.receive_message(
+        QueueUrl=settings["CLAUDE_NODE_QUEUE_URL"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+    ).get("Messages", [])
+    run_ids = {json.loads(m["Body"])["run_id"] for m in received}
+    assert run_ids == {submitted.stdout.strip(), waited.stdout.strip()}
 
 
 def test_is_idempotent(tmp_path: Path) -> None:
@@ -227,15 +393,11 @@ def test_uses_the_region_it_is_given(tmp_path: Path) -> None:
     assert create["options"]["create-bucket-configuration"] == "LocationConstraint=eu-central-1"
 
 
+# ---------------------------------------------------------------- the rest
+
+
 def test_says_so_when_the_aws_command_is_missing(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(support.INIT_SCRIPT)],
-        env={"PATH": "/usr/bin:/bin", "AWS_CMD": "no-such-aws-cli --endpoint-url x"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_script({"PATH": "/usr/bin:/bin", "AWS_CMD": "no-such-aws-cli --endpoint-url x"})
     assert result.returncode == 127
     assert "no-such-aws-cli" in result.stderr
     assert "AWS_CMD" in result.stderr

@@ -262,3 +262,54 @@ def test_bad_input_is_one_line_and_exit_2(stack, args, fragment):
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], done.stderr
+
+
+def test_reading_commands_name_the_bus_before_asking_for_a_region(stack):
+    env = node_env(stack)
+    del env["AWS_REGION"]
+    for command in ("events", "nodes"):
+        done = subprocess.run(
+            [sys.executable, "-m", "claude_code_scheduler", command, "--listen", "1"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("error: --control-bus-arn is required"), done.stderr
+
+
+@pytest.mark.parametrize("command", ["node", "submit", "events", "nodes"])
+def test_a_malformed_region_is_named_as_such_by_every_command(stack, command):
+    args = {
+        "node": ["node", "--mock-mode", *stack.node_args()],
+        "submit": ["submit", "--prompt", "x", "--queue-url", stack.queue_url],
+        "events": ["events", "--listen", "1", "--control-bus-arn", stack.topic_arn],
+        "nodes": ["nodes", "--listen", "1", "--control-bus-arn", stack.topic_arn],
+    }[command]
+    done = client(stack, *args, "--region", "useast1")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "error: --region: 'useast1' is not an AWS region name\n"
+
+
+def test_submit_sends_to_the_command_topic_when_both_targets_come_from_the_environment(stack):
+    """A shell with a node's settings and a scheduler's (what init-resources.sh
+    prints) has both; the topic is how the scheduler sends."""
+    missing_queue = stack.queue_url + "-not-this-one"
+    env = {
+        "CLAUDE_COMMAND_TOPIC_ARN": stack.command_topic_arn,
+        "CLAUDE_NODE_QUEUE_URL": missing_queue,
+    }
+    done = client(stack, "submit", "--prompt", "x", "--run-id", "via-topic", env=env)
+    assert done.returncode == 0, done.stderr
+    bodies = [
+        m["Body"]
+        for m in stack.sqs.receive_message(QueueUrl=stack.queue_url, WaitTimeSeconds=5).get(
+            "Messages", []
+        )
+    ]
+    assert any("via-topic" in body for body in bodies), bodies
+    typed = client(stack, "submit", "--prompt", "x", "--queue-url", missing_queue, env=env)
+    assert typed.returncode == 2
+    assert "does not exist" in typed.stderr, "the queue given on the command line wins"

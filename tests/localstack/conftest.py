@@ -1,4 +1,4 @@
-"""LocalStack itself, run on this host by scripts/localstack.sh, for the end-to-end suite.
+"""LocalStack itself, run on this host by scripts/localstack_host.py, for the end-to-end suite.
 
 One LocalStack serves the whole session; each test keeps to resources of its own
 (the init script and the CloudFormation stack take different name prefixes), so
@@ -28,6 +28,8 @@ import pytest
 from tests.conftest import IN_CI
 
 REPO = Path(__file__).resolve().parents[2]
+HOST = REPO / "scripts" / "localstack_host.py"
+# Its shell name, which the init script is given as AWS_CMD, as the docs do.
 SCRIPT = REPO / "scripts" / "localstack.sh"
 INIT_SCRIPT = REPO / "deploy" / "localstack" / "init-resources.sh"
 TEMPLATE = REPO / "deploy" / "cloudformation" / "messaging.yaml"
@@ -106,7 +108,7 @@ def run_script(
 ) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
-            [str(SCRIPT), command],
+            [sys.executable, str(HOST), command],
             env=env,
             capture_output=True,
             text=True,
@@ -125,7 +127,7 @@ def run_script(
 
 def remove_stale_run_dirs(runs: Path) -> None:
     """Run dirs of killed sessions (their LocalStack stopped itself: see
-    LOCALSTACK_WATCH_PID in scripts/localstack.sh)."""
+    LOCALSTACK_WATCH_PID in scripts/localstack_host.py)."""
     for run_dir in runs.glob("pytest-*"):
         pid = run_dir.name.removeprefix("pytest-")
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
@@ -140,7 +142,7 @@ def localstack() -> Iterator[LocalStack]:
     installed = run_script("install", clean_env(), timeout=900)
     timings["install"] = time.monotonic() - started
     if installed.returncode != 0:
-        unavailable(f"`scripts/localstack.sh install` failed:\n{tail(installed.stderr)}")
+        unavailable(f"`scripts/localstack_host.py install` failed:\n{tail(installed.stderr)}")
 
     # Its own run dir, so test sessions running at once in one tree do not meet.
     runs = REPO / ".cache" / "localstack-run"
@@ -153,7 +155,7 @@ def localstack() -> Iterator[LocalStack]:
     timings["start"] = time.monotonic() - started
     if result.returncode != 0:
         run_script("stop", env, timeout=60)
-        unavailable(f"`scripts/localstack.sh start` failed:\n{tail(result.stderr, 45)}")
+        unavailable(f"`scripts/localstack_host.py start` failed:\n{tail(result.stderr, 45)}")
     instance = LocalStack(endpoint=result.stdout.strip(), run_dir=run_dir, timings=timings)
     try:
         yield instance
@@ -197,7 +199,9 @@ def parse_assignments(text: str) -> dict[str, str]:
 class InitRun:
     bus: Bus
     stdout: str
+    stderr: str
     env: dict[str, str]
+    settings: dict[str, str]  # what it printed
 
 
 @pytest.fixture(scope="session")
@@ -206,7 +210,9 @@ def init_resources(localstack: LocalStack) -> InitRun:
 
     AWS_CMD is the AWS CLI from LocalStack's own venv (its runtime extra brings
     awscli v1), wrapped by `scripts/localstack.sh aws`, which adds the endpoint
-    (awscli v1 ignores AWS_ENDPOINT_URL) and test credentials.
+    (awscli v1 ignores AWS_ENDPOINT_URL) and test credentials. The server queue
+    is not among the printed settings (a client command would drain it), so it
+    is looked up by name.
     """
     if not INIT_SCRIPT.exists():
         pytest.fail(f"{INIT_SCRIPT.relative_to(REPO)} is missing")
@@ -227,14 +233,15 @@ def init_resources(localstack: LocalStack) -> InitRun:
     )
     assert result.returncode == 0, f"init-resources.sh failed:\n{result.stderr}"
     values = parse_assignments(result.stdout)
+    server_queue = localstack.client("sqs").get_queue_url(QueueName=f"{INIT_PREFIX}-server-queue")
     bus = Bus(
         command_topic_arn=values["CLAUDE_COMMAND_TOPIC_ARN"],
-        control_bus_arn=values["CLAUDE_NODE_TOPIC_ARN"],
+        control_bus_arn=values["CLAUDE_CONTROL_BUS_ARN"],
         node_queue_url=values["CLAUDE_NODE_QUEUE_URL"],
-        server_queue_url=values["CLAUDE_SERVER_QUEUE_URL"],
+        server_queue_url=server_queue["QueueUrl"],
         log_bucket=values["CLAUDE_NODE_LOG_BUCKET"],
     )
-    return InitRun(bus=bus, stdout=result.stdout, env=env)
+    return InitRun(bus, result.stdout, result.stderr, env, values)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""End to end on LocalStack 4.14.0, run on this host (scripts/localstack.sh).
+"""End to end on LocalStack 4.14.0, run on this host (scripts/localstack_host.py).
 
 The same pieces the compose stack and ECS use, outside containers:
 - deploy/localstack/init-resources.sh creates the bus, run from the host with
@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from claude_code_scheduler.config import parse_queue_url
+from claude_code_scheduler.aws.names import parse_queue_url
 from tests.conftest import assert_valid_command
 from tests.integration.conftest import EventReader
 from tests.localstack.conftest import (
@@ -295,6 +295,13 @@ def test_init_script_creates_the_bus(localstack: LocalStack, init_resources: Ini
     assert bus.node_queue_url.endswith(f"/{ACCOUNT}/{INIT_PREFIX}-node-queue")
     assert bus.server_queue_url.endswith(f"/{ACCOUNT}/{INIT_PREFIX}-server-queue")
     assert bus.log_bucket == f"{INIT_PREFIX}-logs"
+    # Loadable as printed: the endpoint the requests went to, the control bus
+    # under the names the client and the node read, and no server queue.
+    settings = init_resources.settings
+    assert settings["AWS_ENDPOINT_URL"] == localstack.endpoint
+    assert settings["CLAUDE_NODE_TOPIC_ARN"] == bus.control_bus_arn
+    assert "CLAUDE_SERVER_QUEUE_URL" not in settings
+    assert bus.server_queue_url in init_resources.stderr
 
     shape = bus_shape(localstack, bus, INIT_PREFIX)
     assert_bus_shape(shape)

@@ -421,7 +421,7 @@ def test_a_node_shutdown_leaves_no_process_behind(
 
 @pytest.mark.skipif(
     os.geteuid() != 0,
-    reason="needs root; tests/unit/test_execution.py covers the message",
+    reason="needs root; tests/unit/test_claude.py covers the message",
 )
 def test_bypass_permissions_as_root_fails_saying_to_run_as_non_root(
     launch: Launch, api: AnthropicStandin

@@ -1,4 +1,5 @@
-"""config.py: queue URL, topic ARN and bucket validation, region agreement, NodeConfig."""
+"""aws/names.py and node/config.py: queue URL, topic ARN and bucket validation,
+region agreement, NodeConfig."""
 
 from __future__ import annotations
 
@@ -7,17 +8,18 @@ from typing import Any
 import pytest
 from unit_support import make_config
 
-from claude_code_scheduler.config import (
-    ConfigError,
+from claude_code_scheduler.aws.names import (
     QueueUrl,
     TopicArn,
-    log_key,
+    node_region,
     parse_queue_url,
     parse_topic_arn,
     resolve_region,
     validate_bucket,
 )
-from claude_code_scheduler.startup import real_mode_warnings
+from claude_code_scheduler.errors import ConfigError
+from claude_code_scheduler.node.config import log_key
+from claude_code_scheduler.node.startup import real_mode_warnings
 
 # --- queue URLs ---------------------------------------------------------------
 
@@ -301,7 +303,7 @@ WEST_TOPIC = parse_topic_arn("arn:aws:sns:us-west-2:123456789012:t")
 def test_region_sources_agree(
     queue: QueueUrl, topic: TopicArn, region: str | None, expected: str
 ) -> None:
-    assert resolve_region(queue, topic, region) == expected
+    assert node_region(queue, topic, region) == expected
 
 
 @pytest.mark.parametrize(
@@ -316,11 +318,28 @@ def test_region_sources_disagree(
     queue: QueueUrl, topic: TopicArn, region: str | None, fragments: tuple[str, ...]
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        resolve_region(queue, topic, region)
+        node_region(queue, topic, region)
     message = str(info.value)
     assert message.startswith("--region: ")
     for fragment in fragments:
         assert fragment in message
+
+
+@pytest.mark.parametrize("region", ["useast1", "US-EAST-1", "us-east", "east-1"])
+def test_a_malformed_region_is_named_as_such_before_any_mismatch(region: str) -> None:
+    message = rf"^--region: '{region}' is not an AWS region name$"
+    with pytest.raises(ConfigError, match=message):
+        node_region(EAST_QUEUE, EAST_TOPIC, region)
+    with pytest.raises(ConfigError, match=message):
+        resolve_region(region, [("the topic ARN", "us-east-1")])
+    with pytest.raises(ConfigError, match=message):
+        resolve_region(region, [])
+
+
+def test_a_region_is_required_when_nothing_names_one() -> None:
+    with pytest.raises(ConfigError, match=r"^--region is required"):
+        resolve_region(None, [("the queue URL", None)])
+    assert resolve_region(None, [("the queue URL", None), ("the ARN", "eu-west-1")]) == "eu-west-1"
 
 
 # --- NodeConfig ------------------------------------------------------------------------

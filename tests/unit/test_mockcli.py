@@ -1,4 +1,4 @@
-"""mockcli.py: realistic stream-json, padded to the requested size."""
+"""node/process/mockcli.py: realistic stream-json, padded to the requested size."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from claude_code_scheduler.execution import (
+from claude_code_scheduler.node.process.claude import (
     ResultTracker,
-    RunOutcome,
     failure_message,
     summarize_result,
 )
-from claude_code_scheduler.mockcli import main, session_lines
+from claude_code_scheduler.node.process.mockcli import main, session_lines
+from claude_code_scheduler.node.process.supervisor import ProcessResult
 
 
 def parsed(lines: list[bytes]) -> list[dict[str, Any]]:
@@ -66,10 +66,10 @@ def test_non_zero_exit_gives_an_error_result_without_text() -> None:
     assert sum(len(line) for line in lines) == 3000
     tracker = ResultTracker()
     tracker.feed(b"".join(lines))
-    outcome = RunOutcome(4, 0.1, 3000, tracker.result, "")
-    assert failure_message(outcome) == "mock run failed with exit code 4"
+    ended = ProcessResult(4, 0.1, 3000, "")
+    assert failure_message(ended, tracker.result) == "mock run failed with exit code 4"
     summary = summarize_result(tracker.result)
-    assert summary is not None and summary["is_error"] is True
+    assert summary is not None and summary.is_error is True
 
 
 def test_main_writes_the_session_and_returns_the_exit_code(

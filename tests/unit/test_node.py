@@ -1,4 +1,5 @@
-"""node.py with fakes: heartbeat status, command intake, polling and shutdown order.
+"""node/worker.py with fakes: heartbeat status, command intake, polling and the
+shutdown order, with the real message lifecycle and lease keeper on a fake queue.
 
 TaskRun is replaced by a fake whose run ends when the test says so (or when
 it is cancelled), so no process, S3 or SNS is involved.
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 import pytest
 from tests.conftest import wait_until
 from unit_support import (
+    FakeLogs,
     FakeOutbox,
     FakeQueue,
     assert_event_valid,
@@ -24,17 +26,27 @@ from unit_support import (
     run_task_body,
 )
 
-from claude_code_scheduler import node as node_module
-from claude_code_scheduler.aws import ReceivedMessage
-from claude_code_scheduler.leases import LeaseKeeper
-from claude_code_scheduler.node import Node, receive_backoff
-from claude_code_scheduler.protocol import Event, RunTask
-from claude_code_scheduler.runs import RunControl, RunReport
+from claude_code_scheduler.aws.queue import ReceivedMessage
+from claude_code_scheduler.node import worker as node_module
+from claude_code_scheduler.node.leases import LeaseKeeper
+from claude_code_scheduler.node.messages import Ending
+from claude_code_scheduler.node.outbox import EventSink
+from claude_code_scheduler.node.runs import RunControl, RunOutcome, RunSettler
+from claude_code_scheduler.node.worker import Node, receive_backoff
+from claude_code_scheduler.protocol import RunTask
+from claude_code_scheduler.protocol.events import (
+    ErrorType,
+    Event,
+    node_registered,
+    task_failed,
+)
 
 
 class FakeRun:
-    """runs.TaskRun's surface: ends when `finish_ok` is set, or is handed back
-    when the node cancels it, doing to its lease what the real run does."""
+    """runs.TaskRun's surface and its contract with the lifecycle: it ends when
+    `finish_ok` is set (completed, or failed when `completes` is False) or is
+    handed back when the node cancels it, and reports its ending as the real
+    run does. What then becomes of its message is the node's own doing."""
 
     instances: ClassVar[list[FakeRun]] = []
 
@@ -44,15 +56,16 @@ class FakeRun:
         command: RunTask,
         attempt: int,
         *,
-        outbox: Any,
+        outbox: EventSink,
         logs: Any,
-        leases: LeaseKeeper,
+        messages: RunSettler,
         control: RunControl,
         clock: Any,
     ) -> None:
         self.command = command
         self.attempt = attempt
-        self.leases = leases
+        self.outbox = outbox
+        self.messages = messages
         self.control = control
         self.finish_ok = threading.Event()
         self.completes = True
@@ -63,16 +76,24 @@ class FakeRun:
     def run_id(self) -> str:
         return self.command.run_id
 
-    def execute(self) -> RunReport:
+    def execute(self) -> RunOutcome:
         try:
             while not self.finish_ok.wait(0.01):
                 if self.control.cancel.is_set():
-                    self.leases.release(self.run_id)
-                    return RunReport(self.run_id, completed=False, handed_back=True)
-            self.leases.finish(self.run_id)
-            return RunReport(self.run_id, completed=self.completes, handed_back=False)
+                    return self._end(Ending.HANDED_BACK, ErrorType.NODE_SHUTDOWN)
+            return self._end(
+                Ending.COMPLETED if self.completes else Ending.FAILED, ErrorType.CLAUDE_ERROR
+            )
         finally:
             self.done.set()
+
+    def _end(self, ending: Ending, error: ErrorType) -> RunOutcome:
+        event = task_failed(self.run_id, error, "fake", retryable=ending is Ending.HANDED_BACK)
+        outcome = RunOutcome(ending, event)
+        delivery = self.outbox.publish(event)
+        self.messages.run_ended(self.run_id, ending, delivery)
+        delivery.wait()
+        return outcome
 
 
 class ScriptedQueue(FakeQueue):
@@ -99,25 +120,48 @@ class Fixture:
     def __init__(self, tmp_path: Path, **config: Any) -> None:
         self.queue = ScriptedQueue()
         self.outbox = FakeOutbox()
-        self.leases = LeaseKeeper(self.queue, 30)  # type: ignore[arg-type]
+        self.leases = LeaseKeeper(self.queue, 30)
+        self.leases.start()
         self.config = make_config(tmp_path, **config)
         self.node = Node(
             self.config,
-            queue=self.queue,  # type: ignore[arg-type]
-            outbox=self.outbox,  # type: ignore[arg-type]
-            logs=None,  # type: ignore[arg-type]
+            queue=self.queue,
+            outbox=self.outbox,
+            logs=FakeLogs(),
             leases=self.leases,
-            registration={"hostname": "h"},
+            registration=REGISTRATION,
         )
 
     def runs(self) -> list[FakeRun]:
         return list(FakeRun.instances)
 
     def idle(self) -> bool:
-        return self.node.heartbeat()["status"] == "idle"
+        return bool(self.beat()["status"] == "idle")
+
+    def beat(self) -> dict[str, Any]:
+        return self.node.heartbeat().data
 
     def events(self, event_type: str) -> list[Event]:
         return [e for e in self.outbox.events if e.event_type == event_type]
+
+    def calls(self, *expected: tuple[Any, ...]) -> bool:
+        """The queue saw exactly `expected` (in any order), once the keeper wrote."""
+        return wait_until(lambda: sorted(self.queue.calls) == sorted(expected), timeout=2)
+
+    def holding(self) -> set[str]:
+        return self.leases.holding()
+
+
+REGISTRATION = node_registered(
+    hostname="h",
+    version="0",
+    mock_mode=True,
+    heartbeat_interval=1.0,
+    max_concurrent_tasks=1,
+    claude_version=None,
+    started_at=0,
+    ecs=None,
+)
 
 
 @pytest.fixture
@@ -136,7 +180,7 @@ def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[.
         run.done.wait(2)
     for fixture in made:
         fixture.node.request_stop("teardown")
-        fixture.leases.stop()
+        fixture.leases.stop(time.monotonic())
 
 
 @pytest.fixture
@@ -144,8 +188,8 @@ def fx(make: Callable[..., Fixture]) -> Fixture:
     return make()
 
 
-def heartbeat_body(data: dict[str, Any]) -> dict[str, Any]:
-    body = Event("NodeHeartbeat", data).body("node-1", "Node One", 1)
+def heartbeat_body(event: Event) -> dict[str, Any]:
+    body = event.body("node-1", "Node One", 1)
     assert_event_valid(body)
     return body
 
@@ -166,48 +210,49 @@ def test_receive_backoff_bounds() -> None:
 # --- heartbeat status ---------------------------------------------------------------
 
 
-def test_heartbeat_goes_idle_busy_idle_draining(fx: Fixture) -> None:
-    first = fx.node.heartbeat()
+def test_heartbeat_goes_idle_busy_idle_draining(make: Callable[..., Fixture]) -> None:
+    fx = make(max_concurrent_tasks=2)
+    first = fx.beat()
     assert first["status"] == "idle"
     assert first["running"] == []
     assert (first["tasks_completed"], first["tasks_failed"]) == (0, 0)
-    heartbeat_body(first)
+    heartbeat_body(fx.node.heartbeat())
 
-    fx.node._accept(message(run_task_body("run-b"), "m-b", "r-b"))
-    fx.node._accept(message(run_task_body("run-a"), "m-a", "r-a"))
-    busy = fx.node.heartbeat()
+    fx.node.take(message(run_task_body("run-b"), "m-b", "r-b"))
+    fx.node.take(message(run_task_body("run-a"), "m-a", "r-a"))
+    busy = fx.beat()
     assert busy["status"] == "busy"
     assert busy["running"] == ["run-a", "run-b"]
-    heartbeat_body(busy)
+    heartbeat_body(fx.node.heartbeat())
 
     for run in fx.runs():
         run.finish_ok.set()
     assert wait_until(fx.idle)
-    after = fx.node.heartbeat()
+    after = fx.beat()
     assert after["running"] == []
     assert after["tasks_completed"] == 2
     assert after["uptime_seconds"] >= 0
 
     fx.node.request_stop("SIGTERM")
-    draining = fx.node.heartbeat()
+    draining = fx.beat()
     assert draining["status"] == "draining"
-    heartbeat_body(draining)
+    heartbeat_body(fx.node.heartbeat())
 
 
 def test_a_failed_run_counts_as_failed(fx: Fixture) -> None:
-    fx.node._accept(message(run_task_body("run-1")))
+    fx.node.take(message(run_task_body("run-1")))
     run = fx.runs()[0]
     run.completes = False
     run.finish_ok.set()
     assert wait_until(fx.idle)
-    assert fx.node.heartbeat()["tasks_failed"] == 1
-    assert fx.node.heartbeat()["tasks_completed"] == 0
+    assert fx.beat()["tasks_failed"] == 1
+    assert fx.beat()["tasks_completed"] == 0
 
 
 def test_draining_while_busy(fx: Fixture) -> None:
-    fx.node._accept(message(run_task_body("run-1")))
+    fx.node.take(message(run_task_body("run-1")))
     fx.node.request_stop("SIGTERM")
-    data = fx.node.heartbeat()
+    data = fx.beat()
     assert data["status"] == "draining"
     assert data["running"] == ["run-1"]
 
@@ -216,12 +261,12 @@ def test_draining_while_busy(fx: Fixture) -> None:
 
 
 def test_a_command_starts_a_run_with_its_attempt(fx: Fixture) -> None:
-    fx.node._accept(message(run_task_body("run-1", name="n"), receive_count=3))
+    fx.node.take(message(run_task_body("run-1", name="n"), receive_count=3))
     (run,) = fx.runs()
     assert run.command.run_id == "run-1"
     assert run.command.task.name == "n"
     assert run.attempt == 3
-    assert fx.leases.held() == ["run-1"]
+    assert fx.holding() == {"m-1"}
 
 
 @pytest.mark.parametrize(
@@ -234,7 +279,7 @@ def test_a_command_starts_a_run_with_its_attempt(fx: Fixture) -> None:
 def test_an_invalid_command_gets_task_failed_and_is_deleted(
     fx: Fixture, body: str, run_id: str | None
 ) -> None:
-    fx.node._accept(message(body, "m-bad", "r-bad"))
+    fx.node.take(message(body, "m-bad", "r-bad"))
     assert fx.runs() == []
     (event,) = fx.outbox.events
     assert event.event_type == "TaskFailed"
@@ -243,52 +288,75 @@ def test_an_invalid_command_gets_task_failed_and_is_deleted(
     assert event.data["error"]["message"]
     assert event.data["retryable"] is False
     assert_event_valid(fx.outbox.bodies[0])
-    assert fx.queue.calls == [("delete", "r-bad")]
-    assert fx.leases.held() == []
-    assert fx.node.heartbeat()["tasks_failed"] == 1
+    assert fx.calls(("delete", "r-bad"))
+    assert fx.holding() == set()
+    assert fx.beat()["tasks_failed"] == 1
 
 
 def test_an_invalid_command_whose_event_is_refused_is_released(fx: Fixture) -> None:
     fx.outbox.close(0)
-    fx.node._accept(message("[]", "m-bad", "r-bad"))
-    assert fx.queue.calls == [("change_visibility", "r-bad", 0)]
+    fx.node.take(message("[]", "m-bad", "r-bad"))
+    assert fx.calls(("change_visibility", "r-bad", 0))
+
+
+def test_an_invalid_command_does_not_hold_up_the_poller_while_the_bus_is_slow(
+    fx: Fixture,
+) -> None:
+    """The message waits, hidden, for the bus; the next one is taken meanwhile."""
+    fx.outbox.held = []
+    fx.node.take(message("[]", "m-bad", "r-bad"))
+    fx.node.take(message(run_task_body("run-1"), "m-1", "r-1"))
+    assert len(fx.runs()) == 1
+    assert fx.holding() == {"m-bad", "m-1"}
+    (delivery,) = fx.outbox.held
+    delivery.settle(True)
+    assert fx.calls(("delete", "r-bad"))
 
 
 def test_a_duplicate_of_a_running_run_is_not_started_again(fx: Fixture) -> None:
-    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
-    fx.node._accept(message(run_task_body("run-1"), "m-2", "r-2"))
-    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1-again"))
+    fx.node.take(message(run_task_body("run-1"), "m-1", "r-1"))
+    fx.node.take(message(run_task_body("run-1"), "m-2", "r-2"))
+    fx.node.take(message(run_task_body("run-1"), "m-1", "r-1-again"))
     assert len(fx.runs()) == 1
     fx.runs()[0].finish_ok.set()
     assert wait_until(fx.idle)
-    assert sorted(fx.queue.of("delete")) == [("delete", "r-1-again"), ("delete", "r-2")]
+    assert fx.calls(("delete", "r-1-again"), ("delete", "r-2"))
 
 
 def test_a_duplicate_of_a_finished_run_is_deleted_not_run(fx: Fixture) -> None:
-    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
+    fx.node.take(message(run_task_body("run-1"), "m-1", "r-1"))
     fx.runs()[0].finish_ok.set()
     assert wait_until(fx.idle)
-    fx.node._accept(message(run_task_body("run-1"), "m-9", "r-9"))
+    assert fx.calls(("delete", "r-1"))
+    fx.node.take(message(run_task_body("run-1"), "m-9", "r-9"))
     assert len(fx.runs()) == 1
-    assert fx.queue.of("delete") == [("delete", "r-1"), ("delete", "r-9")]
-    assert fx.outbox.events == []
+    assert fx.calls(("delete", "r-1"), ("delete", "r-9"))
+    assert fx.outbox.types() == ["TaskFailed"], "only the run's own terminal event"
 
 
 def test_a_handed_back_run_may_run_again(fx: Fixture) -> None:
-    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
+    fx.node.take(message(run_task_body("run-1"), "m-1", "r-1"))
     fx.runs()[0].control.cancel.set()
     assert wait_until(fx.idle)
-    assert fx.queue.of("change_visibility") == [("change_visibility", "r-1", 0)]
-    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1b"))
+    assert fx.calls(("change_visibility", "r-1", 0))
+    fx.node.take(message(run_task_body("run-1"), "m-1", "r-1b"))
     assert len(fx.runs()) == 2
+
+
+def test_a_message_beyond_the_free_slots_is_released_at_once(fx: Fixture) -> None:
+    fx.node.take(message(run_task_body("run-1"), "m-1", "r-1"))
+    fx.node.take(message(run_task_body("run-2"), "m-2", "r-2"))
+    assert [run.run_id for run in fx.runs()] == ["run-1"]
+    assert fx.calls(("change_visibility", "r-2", 0))
+    assert fx.holding() == {"m-1"}
 
 
 def test_a_message_received_after_the_stop_is_released_at_once(fx: Fixture) -> None:
     fx.node.request_stop("SIGTERM")
-    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
+    fx.node.take(message(run_task_body("run-1"), "m-1", "r-1"))
     assert fx.runs() == []
-    assert fx.queue.calls == [("change_visibility", "r-1", 0)]
-    assert fx.leases.held() == []
+    assert fx.calls(("change_visibility", "r-1", 0))
+    assert fx.holding() == set()
 
 
 # --- polling ------------------------------------------------------------------------
@@ -387,7 +455,7 @@ def test_idle_lifecycle_and_the_poll_in_flight_at_shutdown(fx: Fixture) -> None:
     assert types[0] == "NodeRegistered"
     assert types[-1] == "NodeDeregistered"
     assert set(types[1:-1]) == {"NodeHeartbeat"}
-    assert fx.outbox.events[0].data == {"hostname": "h"}
+    assert fx.outbox.events[0] is REGISTRATION
     deregistered = fx.outbox.events[-1].data
     assert deregistered["reason"] == "SIGTERM"
     assert (deregistered["tasks_completed"], deregistered["tasks_failed"]) == (0, 0)
@@ -445,21 +513,22 @@ def test_a_second_signal_skips_the_wait(make: Callable[..., Fixture]) -> None:
 
 
 class SlowToReturnRun(FakeRun):
-    """Deletes its message like the real run, then pauses before returning:
-    the window in which the node still lists the run as active."""
+    """Reports its ending like the real run, so its message is deleted, then
+    pauses before returning: the window in which the node still lists the run
+    as active."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.deleted = threading.Event()
         self.may_return = threading.Event()
 
-    def execute(self) -> RunReport:
+    def execute(self) -> RunOutcome:
         self.finish_ok.wait(5)
-        self.leases.finish(self.run_id)
+        outcome = self._end(Ending.COMPLETED, ErrorType.CLAUDE_ERROR)
         self.deleted.set()
         self.may_return.wait(5)
         self.done.set()
-        return RunReport(self.run_id, completed=True, handed_back=False)
+        return outcome
 
 
 def test_a_duplicate_arriving_as_the_run_ends_is_not_held_forever(
@@ -467,14 +536,14 @@ def test_a_duplicate_arriving_as_the_run_ends_is_not_held_forever(
 ) -> None:
     monkeypatch.setattr(node_module, "TaskRun", SlowToReturnRun)
     fx = make()
-    fx.node._accept(message(run_task_body("run-1"), "m-1", "r-1"))
+    fx.node.take(message(run_task_body("run-1"), "m-1", "r-1"))
     (run,) = fx.runs()
     assert isinstance(run, SlowToReturnRun)
     run.finish_ok.set()
     assert run.deleted.wait(5)
-    fx.node._accept(message(run_task_body("run-1"), "m-2", "r-2"))
+    fx.node.take(message(run_task_body("run-1"), "m-2", "r-2"))
     run.may_return.set()
     assert wait_until(fx.idle)
     assert len(fx.runs()) == 1
-    assert wait_until(lambda: fx.leases.held() == [], timeout=1)
-    assert ("delete", "r-2") in fx.queue.calls
+    assert wait_until(lambda: fx.holding() == set(), timeout=1)
+    assert fx.calls(("delete", "r-1"), ("delete", "r-2"))

@@ -12,8 +12,14 @@ import botocore.exceptions
 import pytest
 from unit_support import assert_event_valid, client_error
 
-from claude_code_scheduler.outbox import Outbox
-from claude_code_scheduler.protocol import ErrorType, Event, task_failed, task_output
+from claude_code_scheduler.node.outbox import Outbox
+from claude_code_scheduler.protocol.events import (
+    ErrorType,
+    Event,
+    EventType,
+    task_failed,
+    task_output,
+)
 
 
 class FakeBus:
@@ -53,7 +59,7 @@ def bus() -> FakeBus:
 
 @pytest.fixture
 def outbox(bus: FakeBus) -> Iterator[Outbox]:
-    box = Outbox(bus, "node-1", "Node One")  # type: ignore[arg-type]
+    box = Outbox(bus, "node-1", "Node One")
     box.start()
     yield box
     if bus.gate is not None:
@@ -64,7 +70,7 @@ def outbox(bus: FakeBus) -> Iterator[Outbox]:
 
 def heartbeat(n: int = 0) -> Event:
     return Event(
-        "NodeHeartbeat",
+        EventType.NODE_HEARTBEAT,
         {
             "status": "idle",
             "running": [],
@@ -142,7 +148,7 @@ def test_a_permanent_error_drops_that_event_and_the_next_still_goes(
 
 
 def test_publish_after_close_is_refused(bus: FakeBus) -> None:
-    box = Outbox(bus, "node-1", "Node One")  # type: ignore[arg-type]
+    box = Outbox(bus, "node-1", "Node One")
     box.start()
     assert box.publish(heartbeat()).wait(5)
     box.close(time.monotonic() + 2)
@@ -153,7 +159,7 @@ def test_publish_after_close_is_refused(bus: FakeBus) -> None:
 
 
 def test_close_publishes_what_is_queued(bus: FakeBus) -> None:
-    box = Outbox(bus, "node-1", "Node One")  # type: ignore[arg-type]
+    box = Outbox(bus, "node-1", "Node One")
     bus.gate = threading.Event()
     box.start()
     deliveries = [box.publish(heartbeat(i)) for i in range(5)]
@@ -165,7 +171,7 @@ def test_close_publishes_what_is_queued(bus: FakeBus) -> None:
 
 def test_close_gives_up_by_its_deadline_when_the_bus_is_down(bus: FakeBus) -> None:
     bus.always_fail = client_error("ServiceUnavailable", 503)
-    box = Outbox(bus, "node-1", "Node One")  # type: ignore[arg-type]
+    box = Outbox(bus, "node-1", "Node One")
     box.start()
     deliveries = [box.publish(heartbeat(i)) for i in range(3)]
     time.sleep(0.2)
@@ -180,7 +186,7 @@ def test_close_gives_up_by_its_deadline_when_the_bus_is_down(bus: FakeBus) -> No
 
 def test_close_with_a_deadline_already_passed_returns_at_once(bus: FakeBus) -> None:
     bus.always_fail = client_error("Throttling")
-    box = Outbox(bus, "node-1", "Node One")  # type: ignore[arg-type]
+    box = Outbox(bus, "node-1", "Node One")
     box.start()
     delivery = box.publish(heartbeat())
     time.sleep(0.1)
@@ -194,7 +200,7 @@ def test_backpressure_blocks_while_output_is_pending_and_returns_when_told(
     bus: FakeBus,
 ) -> None:
     bus.gate = threading.Event()
-    box = Outbox(bus, "node-1", "Node One", max_pending_output_bytes=10)  # type: ignore[arg-type]
+    box = Outbox(bus, "node-1", "Node One", max_pending_output_bytes=10)
     box.start()
     try:
         first = box.publish(task_output("run-1", 0, "stdout", "x" * 100), backpressure=True)
@@ -228,7 +234,7 @@ def test_backpressure_blocks_while_output_is_pending_and_returns_when_told(
 
 def test_backpressure_releases_when_the_bus_catches_up(bus: FakeBus) -> None:
     bus.gate = threading.Event()
-    box = Outbox(bus, "node-1", "Node One", max_pending_output_bytes=10)  # type: ignore[arg-type]
+    box = Outbox(bus, "node-1", "Node One", max_pending_output_bytes=10)
     box.start()
     try:
         box.publish(task_output("run-1", 0, "stdout", "x" * 100), backpressure=True)

@@ -5,22 +5,27 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Callable
 
 import pytest
 from unit_support import schema_errors
 
-from claude_code_scheduler.output import (
+from claude_code_scheduler.aws.limits import SNS_MAX_MESSAGE_BYTES
+from claude_code_scheduler.node.output import (
     FLUSH_AFTER_SECONDS,
     MAX_CHUNK_BYTES,
     MAX_CHUNK_ESCAPED_BYTES,
-    SNS_MAX_MESSAGE_BYTES,
     OutputBatcher,
     OutputRecorder,
     escaped_size,
 )
-from claude_code_scheduler.protocol import encode_event, task_output
+from claude_code_scheduler.protocol.events import encode_event, task_output
 
 Chunks = list[tuple[str, str]]
+
+
+def chunks_into(chunks: Chunks) -> Callable[[str, str], None]:
+    return lambda stream, text: chunks.append((stream, text))
 
 
 def collector() -> tuple[Chunks, OutputBatcher]:
@@ -163,7 +168,7 @@ def test_random_text_with_tiny_limits_keeps_every_property() -> None:
         max_escaped = rng.randint(6, 60)
         chunks: Chunks = []
         batcher = OutputBatcher(
-            lambda s, t, out=chunks: out.append((s, t)),
+            chunks_into(chunks),
             max_bytes=max_bytes,
             max_escaped=max_escaped,
         )

@@ -1,4 +1,5 @@
-"""protocol.py: command parsing, its agreement with the RunTask schema, and events."""
+"""protocol/: command parsing, its agreement with the RunTask schema, and every
+event constructor against its shipped schema."""
 
 from __future__ import annotations
 
@@ -10,26 +11,35 @@ from typing import Any
 import pytest
 from unit_support import make_config, schema_errors
 
-from claude_code_scheduler import __version__
-from claude_code_scheduler.execution import summarize_result
-from claude_code_scheduler.node import registration_data
+from claude_code_scheduler.node.main import registration
+from claude_code_scheduler.node.process.claude import summarize_result
 from claude_code_scheduler.protocol import (
     EVENT_TYPES,
     PERMISSION_MODES,
-    ErrorType,
-    Event,
     InvalidCommand,
     MockSpec,
     RunTask,
     TaskSpec,
-    command_body,
-    encode_event,
-    iso,
     load_schema,
     parse_command,
+)
+from claude_code_scheduler.protocol.commands import command_body
+from claude_code_scheduler.protocol.events import (
+    EcsTask,
+    ErrorType,
+    Event,
+    EventType,
+    NodeCounters,
+    NodeStatus,
+    encode_event,
+    iso,
+    node_deregistered,
+    node_heartbeat,
+    node_registered,
+    task_completed,
     task_failed,
     task_output,
-    utc_now,
+    task_started,
 )
 
 FULL_TASK: dict[str, Any] = {
@@ -433,14 +443,17 @@ def test_parser_and_schema_agree_on_edge_cases(document: Any) -> None:
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 
+COUNTERS = NodeCounters(uptime_seconds=12.5, tasks_completed=3, tasks_failed=1)
+
+
 def test_timestamps_are_iso_utc_with_z() -> None:
-    assert TIMESTAMP.match(utc_now())
+    assert TIMESTAMP.match(iso())
     assert iso(0) == "1970-01-01T00:00:00.000Z"
     assert iso(1.5) == "1970-01-01T00:00:01.500Z"
 
 
 def test_event_body_envelope() -> None:
-    event = Event("NodeDeregistered", {"reason": "SIGTERM"})
+    event = node_deregistered("SIGTERM", COUNTERS)
     body = event.body("node-1", "Node One", 7)
     assert body == {
         "event_type": "NodeDeregistered",
@@ -450,9 +463,9 @@ def test_event_body_envelope() -> None:
         "node_id": "node-1",
         "node_name": "Node One",
         "sequence": 7,
-        "data": {"reason": "SIGTERM"},
+        "data": {"reason": "SIGTERM", **COUNTERS.fields()},
     }
-    assert Event("NodeHeartbeat", {}).event_id != event.event_id
+    assert node_deregistered("SIGTERM", COUNTERS).event_id != event.event_id
 
 
 def test_attributes_carry_run_id_for_task_events_only() -> None:
@@ -461,7 +474,7 @@ def test_attributes_carry_run_id_for_task_events_only() -> None:
         "node_id": "n",
         "run_id": "r1",
     }
-    assert Event("NodeHeartbeat", {"run_id": "r1"}).attributes("n") == {
+    assert Event(EventType.NODE_HEARTBEAT, {"run_id": "r1"}).attributes("n") == {
         "event_type": "NodeHeartbeat",
         "node_id": "n",
     }
@@ -478,12 +491,13 @@ def test_encode_event_keeps_utf8_unescaped() -> None:
 
 
 def _events_as_the_code_builds_them() -> list[tuple[str, Event]]:
+    """Every constructor, with the values the node gives it at the edges."""
     config = make_config()
-    ecs = {
-        "task_arn": "arn:aws:ecs:us-east-1:123456789012:task/cluster/abc123",
-        "cluster": "cluster",
-        "availability_zone": "us-east-1a",
-    }
+    ecs = EcsTask(
+        task_arn="arn:aws:ecs:us-east-1:123456789012:task/cluster/abc123",
+        cluster="cluster",
+        availability_zone="us-east-1a",
+    )
     result_line = {
         "type": "result",
         "subtype": "success",
@@ -494,77 +508,66 @@ def _events_as_the_code_builds_them() -> list[tuple[str, Event]]:
         "num_turns": 2,
         "duration_ms": 1234,
     }
-    counters = {"uptime_seconds": 12.5, "tasks_completed": 3, "tasks_failed": 1}
     return [
+        ("registered-off-ecs", registration(config, claude_version=None, ecs_task=None)),
+        ("registered-on-ecs", registration(config, claude_version="2.0.1", ecs_task=ecs)),
         (
-            "registered-off-ecs",
-            Event(
-                "NodeRegistered",
-                registration_data(
-                    config, hostname="h", version=__version__, claude_version=None, ecs=None
-                ),
+            "registered-ecs-partial",
+            node_registered(
+                hostname="h",
+                version="1.2.3",
+                mock_mode=False,
+                heartbeat_interval=1.5,
+                max_concurrent_tasks=4,
+                claude_version="2.1.332 (Claude Code)",
+                started_at=0,
+                ecs=EcsTask(task_arn=ecs.task_arn, cluster=None, availability_zone=None),
             ),
         ),
-        (
-            "registered-on-ecs",
-            Event(
-                "NodeRegistered",
-                registration_data(
-                    config, hostname="h", version="1.2.3", claude_version="2.0.1", ecs=ecs
-                ),
-            ),
-        ),
-        ("heartbeat-idle", Event("NodeHeartbeat", {"status": "idle", "running": [], **counters})),
-        (
-            "heartbeat-busy",
-            Event("NodeHeartbeat", {"status": "busy", "running": ["r-1", "r.2"], **counters}),
-        ),
-        (
-            "heartbeat-draining",
-            Event("NodeHeartbeat", {"status": "draining", "running": ["r-1"], **counters}),
-        ),
-        ("deregistered", Event("NodeDeregistered", {"reason": "SIGTERM", **counters})),
+        ("heartbeat-idle", node_heartbeat(NodeStatus.IDLE, [], COUNTERS)),
+        ("heartbeat-busy", node_heartbeat(NodeStatus.BUSY, ["r-1", "r.2"], COUNTERS)),
+        ("heartbeat-draining", node_heartbeat(NodeStatus.DRAINING, ["r-1"], COUNTERS)),
+        ("deregistered", node_deregistered("SIGTERM", COUNTERS)),
         (
             "started",
-            Event(
-                "TaskStarted",
-                {
-                    "run_id": "r-1",
-                    "task_id": None,
-                    "task_name": "name",
-                    "attempt": 2,
-                    "started_at": iso(1_700_000_000.25),
-                },
+            task_started(
+                "r-1", task_id=None, task_name="name", attempt=2, started_at=1_700_000_000.25
             ),
         ),
+        ("started-ids", task_started("r-1", task_id="t", task_name=None, attempt=1, started_at=0)),
         ("output", task_output("r-1", 0, "stderr", "x" * 196608)),
         ("output-empty", task_output("r-1", 5, "stdout", "")),
         (
             "completed",
-            Event(
-                "TaskCompleted",
-                {
-                    "run_id": "r-1",
-                    "exit_code": 0,
-                    "duration_seconds": 1.234,
-                    "log_uri": config.log_uri("r-1"),
-                    "output_bytes": 1024,
-                    "result": summarize_result(result_line),
-                },
+            task_completed(
+                "r-1",
+                exit_code=0,
+                duration_seconds=1.2345678,
+                log_uri=config.log_uri("r-1"),
+                output_bytes=1024,
+                result=summarize_result(result_line),
             ),
         ),
         (
             "completed-no-result",
-            Event(
-                "TaskCompleted",
-                {
-                    "run_id": "r-1",
-                    "exit_code": 0,
-                    "duration_seconds": 0,
-                    "log_uri": config.log_uri("r-1"),
-                    "output_bytes": 0,
-                    "result": summarize_result(None),
-                },
+            task_completed(
+                "r-1",
+                exit_code=0,
+                duration_seconds=0,
+                log_uri=config.log_uri("r-1"),
+                output_bytes=0,
+                result=summarize_result(None),
+            ),
+        ),
+        (
+            "completed-empty-result",
+            task_completed(
+                "r-1",
+                exit_code=0,
+                duration_seconds=0,
+                log_uri=config.log_uri("r-1"),
+                output_bytes=0,
+                result=summarize_result({"type": "result", "num_turns": True}),
             ),
         ),
         (
@@ -595,22 +598,32 @@ EVENTS = _events_as_the_code_builds_them()
 
 
 @pytest.mark.parametrize("event", [e[1] for e in EVENTS], ids=[e[0] for e in EVENTS])
-def test_events_match_their_schema(event: Event) -> None:
+def test_every_constructor_matches_its_schema(event: Event) -> None:
     body = json.loads(encode_event(event.body("node-1", "Node One", 3)))
     assert body["event_type"] in EVENT_TYPES
     assert schema_errors(event.event_type, body) == []
 
 
 def test_every_event_type_is_covered_and_has_a_schema() -> None:
-    assert {event.event_type for _, event in EVENTS} == set(EVENT_TYPES)
+    assert {event.event_type for _, event in EVENTS} == set(EventType)
+    assert set(EVENT_TYPES) == {t.value for t in EventType}
     for name in (*EVENT_TYPES, "RunTask"):
         assert load_schema(name)["title"] == name
 
 
-def test_task_failed_rounds_duration() -> None:
+def test_every_error_type_is_in_the_schema() -> None:
+    enum = load_schema("TaskFailed")["properties"]["data"]["properties"]["error"]["properties"]
+    assert set(enum["type"]["enum"]) == {t.value for t in ErrorType}
+
+
+def test_constructors_round_and_cut_as_the_schema_says() -> None:
     data = task_failed("r", ErrorType.TIMEOUT, "m", duration_seconds=1.23456).data
     assert data["duration_seconds"] == 1.235
     assert data["retryable"] is False
+    completed = dict(EVENTS)["completed"].data
+    assert completed["duration_seconds"] == 1.235
+    assert len(completed["result"]["text"].encode()) <= 4096
+    assert completed["result"]["text"] == "€" * 1365, "cut on a character boundary"
 
 
 @pytest.mark.parametrize(
@@ -634,16 +647,7 @@ def test_schemas_reject_malformed_events(event_type: str, mutate: Any) -> None:
     source = {
         "TaskOutput": task_output("r-1", 0, "stdout", "x"),
         "TaskFailed": task_failed("r-1", ErrorType.TIMEOUT, "t"),
-        "NodeHeartbeat": Event(
-            "NodeHeartbeat",
-            {
-                "status": "idle",
-                "running": [],
-                "uptime_seconds": 1,
-                "tasks_completed": 0,
-                "tasks_failed": 0,
-            },
-        ),
+        "NodeHeartbeat": node_heartbeat(NodeStatus.IDLE, [], COUNTERS),
     }[event_type]
     body = copy.deepcopy(source.body("n", "n", 1))
     assert schema_errors(event_type, body) == []

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_code_scheduler import reaper
-from claude_code_scheduler.reaper import RUN_MARKER
+from claude_code_scheduler.node.process import reaper
+from claude_code_scheduler.node.process.reaper import RUN_MARKER
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 
@@ -79,7 +79,7 @@ def test_a_marker_that_only_starts_with_the_run_id_is_not_the_run() -> None:
 
 SUBREAPER_SCRIPT = """
 import json, os, subprocess, sys, time
-from claude_code_scheduler import reaper
+from claude_code_scheduler.node.process import reaper
 
 assert reaper.orphans() == set() and reaper.reap_zombies() == 0, "inert until asked"
 assert reaper.become_subreaper()

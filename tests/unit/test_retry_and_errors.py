@@ -11,8 +11,8 @@ import pytest
 import tenacity
 from unit_support import client_error
 
-from claude_code_scheduler.aws import error_code, is_transient
-from claude_code_scheduler.retry import through_outage
+from claude_code_scheduler.aws.errors import error_code, is_transient
+from claude_code_scheduler.aws.retry import through_outage
 
 
 @pytest.mark.parametrize(

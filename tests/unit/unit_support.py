@@ -1,4 +1,4 @@
-"""Fakes with the same surface as the AWS adapters, and schema helpers.
+"""Fakes that satisfy the adapters' Protocols (mypy checks it), and schema helpers.
 
 The fakes record what the logic asked of them so the unit tests can assert on
 it without a network.
@@ -10,15 +10,17 @@ import dataclasses
 import functools
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import botocore.exceptions
 import jsonschema
 
-from claude_code_scheduler.aws import ReceivedMessage
-from claude_code_scheduler.config import NodeConfig, parse_queue_url, parse_topic_arn
-from claude_code_scheduler.outbox import Delivery
+from claude_code_scheduler.aws.names import parse_queue_url, parse_topic_arn
+from claude_code_scheduler.aws.queue import ReceivedMessage
+from claude_code_scheduler.node.config import NodeConfig
+from claude_code_scheduler.node.outbox import Delivery
 from claude_code_scheduler.protocol import EVENT_TYPES, Event, load_schema
 
 QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/tasks"
@@ -45,10 +47,13 @@ def assert_event_valid(body: dict[str, Any]) -> None:
 
 def client_error(code: str, status: int = 400, operation: str = "Publish") -> Exception:
     return botocore.exceptions.ClientError(
-        {
-            "Error": {"Code": code, "Message": f"{code} (fake)"},
-            "ResponseMetadata": {"HTTPStatusCode": status},
-        },
+        cast(
+            Any,
+            {
+                "Error": {"Code": code, "Message": f"{code} (fake)"},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            },
+        ),
         operation,
     )
 
@@ -90,7 +95,7 @@ def make_config(tmp_path: Path | None = None, **overrides: Any) -> NodeConfig:
 
 
 class FakeQueue:
-    """aws.QueueClient's surface; records every call in order."""
+    """aws.queue.MessageQueue; records every call in order."""
 
     url = QUEUE_URL
 
@@ -125,8 +130,9 @@ class FakeQueue:
 
 
 class FakeOutbox:
-    """outbox.Outbox's surface: every event is delivered at once and recorded
-    with the body the real outbox would publish."""
+    """node.outbox.EventSink: every event is delivered at once (or, with `held`
+    a list, when the test settles it) and recorded with the body the real
+    outbox would publish."""
 
     def __init__(self, node_id: str = "node-1", node_name: str = "Node One") -> None:
         self.node_id = node_id
@@ -137,6 +143,8 @@ class FakeOutbox:
         self.published_after_close: list[Event] = []
         self.started = False
         self.lock = threading.Lock()
+        # When a list, deliveries wait in it for the test to settle them.
+        self.held: list[Delivery] | None = None
 
     def start(self) -> None:
         self.started = True
@@ -146,10 +154,15 @@ class FakeOutbox:
         event: Event,
         *,
         backpressure: bool = False,
-        **_waiting: Any,
+        stop_waiting: Callable[[], bool] | None = None,
+        caller_reports_drop: bool = False,
     ) -> Delivery:
         delivery = Delivery()
         with self.lock:
+            if self.held is not None:
+                self.events.append(event)
+                self.held.append(delivery)
+                return delivery
             if self.closed:
                 self.published_after_close.append(event)
                 delivery.settle(False)
@@ -162,7 +175,26 @@ class FakeOutbox:
     def close(self, deadline: float) -> None:
         with self.lock:
             self.closed = True
+            held, self.held = self.held or [], None
+        for delivery in held:
+            delivery.settle(False, "closed")
 
     def types(self) -> list[str]:
         with self.lock:
             return [event.event_type for event in self.events]
+
+
+class FakeLogs:
+    """aws.logstore.LogUploader: keeps what was uploaded, or fails with `fail_with`."""
+
+    def __init__(self) -> None:
+        self.uploads: dict[str, bytes] = {}
+        self.fail_with: Exception | None = None
+        self.on_upload: Callable[[str], None] | None = None
+
+    def upload(self, path: Path, key: str) -> None:
+        if self.on_upload is not None:
+            self.on_upload(key)
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.uploads[key] = path.read_bytes()

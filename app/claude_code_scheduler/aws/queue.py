@@ -1,0 +1,70 @@
+"""The node's SQS queue: receive, extend, release, delete. No logic here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from claude_code_scheduler.aws.limits import MAX_RECEIVE_BATCH
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+
+
+class MessageQueue(Protocol):
+    """What the node needs of its queue; QueueClient, and the tests' fakes."""
+
+    url: str
+
+    def visibility_timeout(self) -> int: ...
+
+    def receive(self, max_messages: int, wait_seconds: int) -> list[ReceivedMessage]: ...
+
+    def change_visibility(self, receipt_handle: str, seconds: int) -> None: ...
+
+    def delete(self, receipt_handle: str) -> None: ...
+
+
+class QueueClient:
+    def __init__(self, sqs: SQSClient, queue_url: str) -> None:
+        self._sqs = sqs
+        self.url = queue_url
+
+    def visibility_timeout(self) -> int:
+        attrs = self._sqs.get_queue_attributes(
+            QueueUrl=self.url, AttributeNames=["VisibilityTimeout"]
+        )["Attributes"]
+        return int(attrs["VisibilityTimeout"])
+
+    def receive(self, max_messages: int, wait_seconds: int) -> list[ReceivedMessage]:
+        response = self._sqs.receive_message(
+            QueueUrl=self.url,
+            MaxNumberOfMessages=max(1, min(max_messages, MAX_RECEIVE_BATCH)),
+            WaitTimeSeconds=wait_seconds,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        return [
+            ReceivedMessage(
+                message_id=m["MessageId"],
+                receipt_handle=m["ReceiptHandle"],
+                body=m.get("Body", ""),
+                receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+            )
+            for m in response.get("Messages", [])
+        ]
+
+    def change_visibility(self, receipt_handle: str, seconds: int) -> None:
+        self._sqs.change_message_visibility(
+            QueueUrl=self.url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+        )
+
+    def delete(self, receipt_handle: str) -> None:
+        self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=receipt_handle)

@@ -1,0 +1,311 @@
+"""`submit`, `events` and `nodes`: the scheduler's side of the bus from a terminal.
+
+They speak protocol version 1 through the same code the node uses: a RunTask
+is built with protocol.TaskSpec and checked with protocol.parse_command before
+it is sent, and events are read with the same types the node publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from claude_code_scheduler.client.bus import (
+    BusEvent,
+    EventFilter,
+    Reader,
+    send_to_queue,
+    send_to_topic,
+)
+from claude_code_scheduler.client.options import (
+    aws_options,
+    clients_for,
+    open_reader,
+    reader_options,
+    stop_on_signals,
+    validate_sources,
+)
+from claude_code_scheduler.client.watch import Fleet, OutputAssembler, describe, table
+from claude_code_scheduler.errors import EXIT_FAILURE, EXIT_OK, EXIT_WAIT_TIMEOUT, ConfigError
+from claude_code_scheduler.protocol import (
+    EVENT_TYPES,
+    PERMISSION_MODES,
+    TERMINAL_EVENT_TYPES,
+    EventType,
+    InvalidCommand,
+    RunTask,
+    TaskSpec,
+    parse_command,
+)
+
+RECEIVE_WAIT_SECONDS = 2  # short, so Ctrl-C is noticed quickly
+LATE_OUTPUT_SECONDS = 2.0
+
+
+# --- submit -------------------------------------------------------------------
+
+
+def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--env: {item.split('=')[0]!r} must look like NAME=VALUE")
+        env[name] = value
+    return env
+
+
+def _tools(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(t.strip() for value in values for t in value.split(",") if t.strip())
+
+
+def build_command(options: dict[str, Any]) -> RunTask:
+    prompt = options.get("prompt")
+    if options.get("prompt_file"):
+        if prompt:
+            raise ConfigError("--prompt and --prompt-file: give one, not both")
+        try:
+            prompt = Path(options["prompt_file"]).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--prompt-file: {exc.strerror}: {options['prompt_file']}") from None
+    if not prompt or not prompt.strip():
+        raise ConfigError("--prompt: the prompt must not be empty")
+    command = RunTask(
+        run_id=options.get("run_id") or str(uuid.uuid4()),
+        task=TaskSpec(
+            prompt=prompt,
+            name=options.get("name"),
+            task_id=options.get("task_id"),
+            model=options.get("model"),
+            permission_mode=options.get("permission_mode"),
+            allowed_tools=_tools(options.get("allowed_tools", ())),
+            disallowed_tools=_tools(options.get("disallowed_tools", ())),
+            max_turns=options.get("max_turns"),
+            timeout_seconds=options.get("timeout"),
+            env=_env_pairs(options.get("env", ())),
+        ),
+    )
+    try:
+        return parse_command(command.to_json())  # the node's own check, before sending
+    except InvalidCommand as exc:
+        raise ConfigError(f"invalid task: {exc}") from None
+
+
+@click.command()
+@click.option("--prompt", help="The prompt.")
+@click.option("--prompt-file", type=click.Path(dir_okay=False), help="Read the prompt from a file.")
+@click.option("--name", help="Task name, echoed in TaskStarted.")
+@click.option("--task-id", help="Your id for the task, echoed in TaskStarted.")
+@click.option("--model", help="Model for the Claude CLI, e.g. sonnet.")
+@click.option("--permission-mode", type=click.Choice(PERMISSION_MODES))
+@click.option("--allowed-tools", multiple=True, help="Tool names; repeat or comma-separate.")
+@click.option("--disallowed-tools", multiple=True, help="Tool names; repeat or comma-separate.")
+@click.option("--max-turns", type=click.IntRange(min=1))
+@click.option("--timeout", type=float, help="The run's timeout_seconds.")
+@click.option("--env", "env", multiple=True, help="NAME=VALUE for the CLI's environment; repeat.")
+@click.option("--run-id", help="Run id. Default: a new uuid.")
+@click.option(
+    "--command-topic-arn",
+    envvar="CLAUDE_COMMAND_TOPIC_ARN",
+    help="SNS command topic to publish to.",
+)
+@click.option(
+    "--queue-url",
+    envvar="CLAUDE_NODE_QUEUE_URL",
+    help="Or send straight to the nodes' SQS queue.",
+)
+@click.option("--wait", is_flag=True, help="Follow the run: output, status, exit code.")
+@click.option("--wait-timeout", type=float, default=None, help="Give up waiting (exit 124).")
+@click.option("--raw", is_flag=True, help="With --wait: print stream-json lines as they are.")
+@reader_options
+@aws_options
+def submit(**options: Any) -> None:
+    """Send a RunTask to the nodes; print its run id. With --wait, follow it and
+    exit 0 on TaskCompleted, 1 on TaskFailed, 124 on --wait-timeout."""
+    validate_sources(options, reads=options["wait"])
+    command = build_command(options)
+    topic, queue = _send_target(click.get_current_context(), options)
+    clients = clients_for(options, topic, queue, options.get("control_bus_arn"))
+
+    def send() -> None:
+        if topic:
+            send_to_topic(clients.sns, topic, command)
+        else:
+            send_to_queue(clients.sqs, str(queue), command)
+        click.echo(command.run_id)
+
+    if not options["wait"]:
+        send()
+        return
+    with (
+        stop_on_signals() as stop,
+        open_reader(clients, options, EventFilter(run_id=command.run_id)) as reader,
+    ):
+        send()  # after subscribing, so no event can be missed
+        code = follow_run(reader, command.run_id, options, stop)
+    raise SystemExit(code)
+
+
+def _send_target(ctx: click.Context, options: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Where to send: the command topic or the queue. When both are set, one
+    given on the command line beats one from the environment (a shell set up
+    for a node has CLAUDE_NODE_QUEUE_URL), and when both come from the
+    environment the command topic wins: it is how the scheduler sends, and
+    the queue is its subscriber. Both on the command line is an error."""
+    topic, queue = options.get("command_topic_arn"), options.get("queue_url")
+    if topic and queue:
+        typed = {
+            name
+            for name in ("command_topic_arn", "queue_url")
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        }
+        if typed == {"queue_url"}:
+            return None, queue
+        if len(typed) < 2:
+            return topic, None
+    if bool(topic) == bool(queue):
+        raise ConfigError("give one of --command-topic-arn or --queue-url")
+    return topic, queue
+
+
+def follow_run(reader: Reader, run_id: str, options: dict[str, Any], stop: threading.Event) -> int:
+    started = time.monotonic()
+    limit = options.get("wait_timeout")
+    output = OutputAssembler(raw=options.get("raw", False))
+    terminal: BusEvent | None = None
+    late_until = None
+    while not stop.is_set():
+        now = time.monotonic()
+        if late_until is not None and now >= late_until:
+            break
+        if terminal is None and limit is not None and now - started >= limit:
+            _status(f"run {run_id}: still going after {limit:g}s; stopped waiting")
+            return EXIT_WAIT_TIMEOUT
+        for event in reader.receive(1 if terminal else RECEIVE_WAIT_SECONDS):
+            data = event.body["data"]
+            elapsed = time.monotonic() - started
+            if event.event_type == EventType.TASK_OUTPUT:
+                _print(output.add(data["chunk_index"], data["stream"], data["data"]))
+            elif event.event_type == EventType.TASK_STARTED:
+                _status(
+                    f"run {run_id}: started on {event.node_id} "
+                    f"(attempt {data['attempt']}) after {elapsed:.1f}s"
+                )
+            elif event.event_type in TERMINAL_EVENT_TYPES and terminal is None:
+                # Give chunks that SNS delivered out of order a moment to land.
+                terminal, late_until = event, time.monotonic() + LATE_OUTPUT_SECONDS
+    _print(output.finish())
+    if terminal is None:
+        return EXIT_FAILURE
+    return _report(run_id, terminal, time.monotonic() - started)
+
+
+def _report(run_id: str, event: BusEvent, elapsed: float) -> int:
+    data = event.body["data"]
+    if event.event_type == EventType.TASK_COMPLETED:
+        _status(
+            f"run {run_id}: completed on {event.node_id} in {data['duration_seconds']}s "
+            f"(exit {data['exit_code']}, {elapsed:.1f}s since submit); log {data['log_uri']}"
+        )
+        return EXIT_OK
+    error = data["error"]
+    _status(f"run {run_id}: failed on {event.node_id}: {error['type']}: {error['message']}")
+    return EXIT_FAILURE
+
+
+def _print(pieces: list[tuple[str, str]]) -> None:
+    for stream, text in pieces:
+        (sys.stderr if stream == "stderr" else sys.stdout).write(text)
+    sys.stdout.flush()
+
+
+def _status(line: str) -> None:
+    click.echo(f"» {line}", err=True)
+
+
+# --- events -------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep going until interrupted.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--run-id", help="Only this run's events.")
+@click.option("--node-id", help="Only this node's events.")
+@click.option("--type", "types", multiple=True, type=click.Choice(EVENT_TYPES), help="Repeatable.")
+@click.option(
+    "--listen",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Without --follow: listen this long (a server queue: until it is drained).",
+)
+@reader_options
+@aws_options
+def events(**options: Any) -> None:
+    """Print control-bus events as they arrive."""
+    validate_sources(options)
+    clients = clients_for(options, options.get("control_bus_arn"), options.get("server_queue_url"))
+    event_filter = EventFilter(options.get("run_id"), options.get("node_id"), options["types"])
+    draining = bool(options.get("server_queue_url"))
+    end = time.monotonic() + options["listen"]
+    with stop_on_signals() as stop, open_reader(clients, options, event_filter) as reader:
+        while not stop.is_set() and (options["follow"] or time.monotonic() < end):
+            batch = reader.receive(RECEIVE_WAIT_SECONDS)
+            for event in sorted(batch, key=lambda e: (e.node_id, e.body.get("sequence", 0))):
+                line = json.dumps(event.body) if options["as_json"] else describe(event.body)
+                click.echo(line)
+            if draining and not batch and not options["follow"]:
+                break
+
+
+# --- nodes --------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--listen",
+    type=float,
+    default=35.0,
+    show_default=True,
+    help="Seconds to listen; a little over one heartbeat interval.",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Assumed for nodes whose NodeRegistered was not seen.",
+)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list for machines.")
+@reader_options
+@aws_options
+def nodes(**options: Any) -> None:
+    """Listen to the bus and print a table of the nodes heard. A node silent for
+    three heartbeat intervals shows as lost, a deregistered one as gone."""
+    validate_sources(options)
+    clients = clients_for(options, options.get("control_bus_arn"), options.get("server_queue_url"))
+    fleet = Fleet()
+    with stop_on_signals() as stop, open_reader(clients, options, EventFilter()) as reader:
+        end = time.monotonic() + options["listen"]
+        while not stop.is_set() and time.monotonic() < end:
+            wait = max(1, min(RECEIVE_WAIT_SECONDS, int(end - time.monotonic())))
+            for event in reader.receive(wait):
+                fleet.add(event.body)
+    rows = fleet.rows(time.time(), options["heartbeat_interval"])
+    if options["as_json"]:
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        click.echo(table(rows))
+    else:
+        click.echo(f"no node was heard in {options['listen']:g}s", err=True)
+
+
+COMMANDS = (submit, events, nodes)

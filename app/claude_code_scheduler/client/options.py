@@ -1,0 +1,132 @@
+"""What the operator commands share: their AWS and reader options, the clients
+and the reader those options name, and stopping on Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+from claude_code_scheduler.aws.clients import Clients, make_clients
+from claude_code_scheduler.aws.names import (
+    check_region,
+    parse_queue_url,
+    parse_topic_arn,
+    resolve_region,
+)
+from claude_code_scheduler.client.bus import EventFilter, QueueReader, Reader, TemporaryReader
+from claude_code_scheduler.errors import ConfigError
+
+
+def aws_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--region", envvar="AWS_REGION", help="AWS region. Default: from the ARNs."),
+        click.option("--profile", envvar="AWS_PROFILE", help="AWS profile for credentials."),
+        click.option(
+            "--endpoint-url", help="AWS endpoint for emulators. AWS_ENDPOINT_URL is read too."
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def reader_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--control-bus-arn",
+            envvar=["CLAUDE_CONTROL_BUS_ARN", "CLAUDE_NODE_TOPIC_ARN"],
+            help="SNS control bus to read (a temporary queue is subscribed to it).",
+        ),
+        click.option(
+            "--server-queue-url",
+            envvar="CLAUDE_SERVER_QUEUE_URL",
+            help="Read this existing queue instead. Messages read are DELETED from it.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def region_of(region: str | None, *sources: str | None) -> str:
+    """The region: --region, else the one in an ARN or queue URL given."""
+    named = [
+        (
+            source,
+            parse_topic_arn(source).region
+            if source.startswith("arn:")
+            else parse_queue_url(source).region,
+        )
+        for source in sources
+        if source
+    ]
+    return resolve_region(region, named)
+
+
+def clients_for(options: dict[str, Any], *sources: str | None) -> Clients:
+    return make_clients(
+        region=region_of(options.get("region"), *sources),
+        profile=options.get("profile"),
+        endpoint_url=options.get("endpoint_url"),
+    )
+
+
+def require_reader_source(options: dict[str, Any]) -> None:
+    """Before anything else: without a source there is nothing to read."""
+    if not options.get("server_queue_url") and not options.get("control_bus_arn"):
+        raise ConfigError(
+            "--control-bus-arn is required (or set CLAUDE_CONTROL_BUS_ARN), "
+            "or give --server-queue-url"
+        )
+
+
+@contextlib.contextmanager
+def open_reader(
+    clients: Clients, options: dict[str, Any], event_filter: EventFilter
+) -> Iterator[Reader]:
+    require_reader_source(options)
+    if options.get("server_queue_url"):
+        yield QueueReader(clients.sqs, options["server_queue_url"], event_filter)
+        return
+    with TemporaryReader(
+        clients.sqs, clients.sns, options["control_bus_arn"], event_filter
+    ) as reader:
+        yield reader
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM only set an Event; the read loops look at it between
+    short receives, so the temporary queue is always cleaned up."""
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def validate_sources(options: dict[str, Any], *, reads: bool = True) -> None:
+    """Every ARN and URL given is well formed, and a reading command has
+    something to read, before any client is made."""
+    if options.get("region"):
+        check_region(options["region"])
+    if reads:
+        require_reader_source(options)
+    checks = [
+        ("command_topic_arn", parse_topic_arn, "--command-topic-arn"),
+        ("control_bus_arn", parse_topic_arn, "--control-bus-arn"),
+        ("queue_url", parse_queue_url, "--queue-url"),
+        ("server_queue_url", parse_queue_url, "--server-queue-url"),
+    ]
+    for key, parse, option in checks:
+        if options.get(key):
+            parse(options[key], option)

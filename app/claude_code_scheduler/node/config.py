@@ -1,0 +1,106 @@
+"""The node's configuration: one immutable object, validated once at start-up.
+
+The command line only maps options onto `NodeConfig`; everything that can be
+checked without the network is checked here, so a bad value fails before the
+node touches AWS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from claude_code_scheduler.aws.limits import MAX_POLL_WAIT_SECONDS, MAX_VISIBILITY_SECONDS
+from claude_code_scheduler.aws.names import QueueUrl, TopicArn
+from claude_code_scheduler.errors import ConfigError
+
+# A run's timeout, whoever sets it: the run holds its message for as long.
+MAX_TASK_TIMEOUT_SECONDS = MAX_VISIBILITY_SECONDS
+STATE_FILE_NAME = "node-state.json"
+
+
+def default_work_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "claude-code-scheduler"
+
+
+def default_state_file(work_dir: Path) -> Path:
+    # Inside the work root: on ECS with a read-only root filesystem that is the
+    # one writable place the node has.
+    return work_dir / STATE_FILE_NAME
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    queue: QueueUrl
+    topic: TopicArn
+    log_bucket: str
+    region: str
+    node_id: str
+    node_name: str
+    profile: str | None = None
+    endpoint_url: str | None = None
+    heartbeat_interval: float = 30.0
+    mock_mode: bool = False
+    max_concurrent_tasks: int = 1
+    task_timeout: float = 3600.0
+    shutdown_timeout: float = 25.0
+    poll_wait_seconds: int = MAX_POLL_WAIT_SECONDS
+    claude_bin: str = "claude"
+    work_dir: Path = field(default_factory=default_work_dir)
+    # None: <work_dir>/node-state.json.
+    state_file: Path | None = None
+    # Seconds between SIGTERM to the CLI and SIGKILL to its process group.
+    kill_grace: float = 3.0
+    # Hand the node's AWS credentials to the CLI (for CLAUDE_CODE_USE_BEDROCK).
+    pass_aws_credentials: bool = False
+    # CLAUDE_CODE_MAX_RETRIES for the CLI; None leaves the CLI's default (10).
+    claude_max_retries: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.state_file is None:
+            object.__setattr__(self, "state_file", default_state_file(self.work_dir))
+        checks: list[tuple[bool, str]] = [
+            (bool(self.node_id.strip()), "--node-id: must not be empty"),
+            (self.heartbeat_interval >= 1, "--heartbeat-interval: must be at least 1 second"),
+            (self.max_concurrent_tasks >= 1, "--max-concurrent-tasks: must be at least 1"),
+            (
+                0 < self.task_timeout <= MAX_TASK_TIMEOUT_SECONDS,
+                f"--task-timeout: must be above 0 and at most {MAX_TASK_TIMEOUT_SECONDS} "
+                "seconds (SQS keeps a message invisible for 12 hours at most)",
+            ),
+            (self.shutdown_timeout >= 0, "--shutdown-timeout: must not be negative"),
+            (
+                1 <= self.poll_wait_seconds <= MAX_POLL_WAIT_SECONDS,
+                f"--poll-wait-seconds: must be from 1 to {MAX_POLL_WAIT_SECONDS} (the SQS limit)",
+            ),
+            (self.kill_grace >= 0, "--kill-grace: must not be negative"),
+            (
+                self.claude_max_retries is None or self.claude_max_retries >= 0,
+                "--claude-max-retries: must not be negative",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def state_path(self) -> Path:
+        """Where the health state file is (state_file is set by __post_init__)."""
+        assert self.state_file is not None
+        return self.state_file
+
+    def log_uri(self, run_id: str) -> str:
+        return f"s3://{self.log_bucket}/{log_key(run_id)}"
+
+
+def log_key(run_id: str) -> str:
+    return f"logs/{run_id}.log"
+
+
+def default(name: str) -> Any:
+    """NodeConfig's default for a field, for the command line to show and use."""
+    (found,) = (f for f in dataclasses.fields(NodeConfig) if f.name == name)
+    return found.default

@@ -1,0 +1,221 @@
+"""The message lifecycle: the one place that decides what becomes of a message.
+
+A message is held (hidden from other nodes, extended while held), then
+deleted (done with: it never runs again) or released (visible again at once,
+for any node). The lease keeper carries the decisions out; the poller, the
+runs and the shutdown only ask.
+
+When a message is received:
+
+  | case                                    | decision                              |
+  |-----------------------------------------|---------------------------------------|
+  | not a valid command                     | hold; publish TaskFailed              |
+  |                                         | InvalidCommand; delete once the bus   |
+  |                                         | took it, else release                 |
+  | the node is stopping                    | release                               |
+  | its run is running or ending here       | hold with the run: settled with it    |
+  | its run ended here and was deleted      | delete (a duplicate delivery)         |
+  | no free run slot                        | release                               |
+  | otherwise                               | hold, and start the run               |
+
+When a run has ended, once its terminal event's delivery is known:
+
+  | how the run ended                       | decision (the run's messages)         |
+  |-----------------------------------------|---------------------------------------|
+  | completed or failed, event delivered    | delete, and remember the run          |
+  | completed or failed, event not delivered| release: run again rather than lost   |
+  | handed back (stopped by a shutdown)     | release                               |
+  | the run crashed                         | release                               |
+
+At shutdown (`close`): everything still held is released.
+
+"Remember the run": the last REMEMBERED_RUNS run ids whose messages were
+deleted, so a late duplicate of a finished run is deleted, not run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from claude_code_scheduler.aws.queue import ReceivedMessage
+from claude_code_scheduler.node.leases import LeaseKeeper
+from claude_code_scheduler.node.outbox import Delivery
+from claude_code_scheduler.protocol import InvalidCommand, RunTask, parse_command
+from claude_code_scheduler.protocol.events import ErrorType, Event, task_failed
+
+log = logging.getLogger(__name__)
+
+# Runs remembered after their message was deleted.
+REMEMBERED_RUNS = 1024
+
+
+class Admission(StrEnum):
+    START = "start"
+    DUPLICATE = "duplicate of a run here"
+    FINISHED = "duplicate of a finished run"
+    INVALID = "invalid command"
+    STOPPING = "node stopping"
+    NO_SLOT = "no free slot"
+
+
+class Ending(StrEnum):
+    """How a run ended, as far as its message is concerned."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    HANDED_BACK = "handed back"
+
+
+class MessageAction(StrEnum):
+    DELETE = "delete"
+    RELEASE = "release"
+
+
+def action_after_run(ending: Ending, *, delivered: bool = True) -> MessageAction:
+    """The second table above."""
+    if ending is Ending.HANDED_BACK or not delivered:
+        return MessageAction.RELEASE
+    return MessageAction.DELETE
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the lifecycle made of a received message; `command` is set for START."""
+
+    admission: Admission
+    command: RunTask | None = None
+    run_id: str | None = None
+
+
+@dataclass
+class _Run:
+    message_ids: set[str] = field(default_factory=set)
+    ending: bool = False  # its terminal event is on its way
+
+
+Publish = Callable[[Event], Delivery]
+
+
+class MessageLifecycle:
+    def __init__(
+        self, leases: LeaseKeeper, publish: Publish, *, remembered: int = REMEMBERED_RUNS
+    ) -> None:
+        self._leases = leases
+        self._publish = publish
+        self._remembered = remembered
+        self._lock = threading.Lock()
+        self._runs: dict[str, _Run] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+
+    # --- received ----------------------------------------------------------------
+
+    def receive(self, message: ReceivedMessage, *, stopping: bool, has_slot: bool) -> Received:
+        """The first table above."""
+        try:
+            command = parse_command(message.body)
+        except InvalidCommand as exc:
+            return self._reject(message, exc)
+        except Exception:
+            log.exception("unexpected error reading a command")
+            error = InvalidCommand("the node could not read this command")
+            return self._reject(message, error)
+        run_id = command.run_id
+        with self._lock:
+            self._leases.hold(message)
+            if stopping:
+                admission = Admission.STOPPING
+            elif run_id in self._runs:
+                self._runs[run_id].message_ids.add(message.message_id)
+                admission = Admission.DUPLICATE
+            elif run_id in self._finished:
+                admission = Admission.FINISHED
+            elif not has_slot:
+                admission = Admission.NO_SLOT
+            else:
+                self._runs[run_id] = _Run({message.message_id})
+                admission = Admission.START
+        if admission is not Admission.START:
+            log.info(_SAID[admission], extra=_context(message, run_id))
+        if admission is Admission.FINISHED:
+            self._leases.delete([message.message_id])
+        elif admission in (Admission.STOPPING, Admission.NO_SLOT):
+            self._leases.release([message.message_id])
+        started = admission is Admission.START
+        return Received(admission, command if started else None, run_id)
+
+    def _reject(self, message: ReceivedMessage, exc: InvalidCommand) -> Received:
+        log.warning("invalid command: %s", exc, extra=_context(message, exc.run_id))
+        self._leases.hold(message)
+        event = task_failed(exc.run_id, ErrorType.INVALID_COMMAND, str(exc), retryable=False)
+        ids = [message.message_id]
+        # Deleted only once the bus has said why; if it cannot (a closed
+        # outbox, an outage that outlasts the node), another node says it.
+        self._publish(event).when_settled(
+            lambda delivered: (self._leases.delete if delivered else self._leases.release)(ids)
+        )
+        return Received(Admission.INVALID, run_id=exc.run_id)
+
+    # --- ended ---------------------------------------------------------------------
+
+    def run_ended(self, run_id: str, ending: Ending, delivery: Delivery) -> None:
+        """The run's terminal event is `delivery`: settle its messages when it is."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.ending:
+                return
+            run.ending = True
+        delivery.when_settled(lambda delivered: self._settle(run_id, ending, delivered))
+
+    def run_crashed(self, run_id: str) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.ending:
+                return
+        self._settle(run_id, Ending.HANDED_BACK, delivered=False)
+
+    def _settle(self, run_id: str, ending: Ending, delivered: bool) -> None:
+        action = action_after_run(ending, delivered=delivered)
+        with self._lock:
+            run = self._runs.pop(run_id, None)
+            if run is None:
+                return
+            if action is MessageAction.DELETE:
+                self._remember(run_id)
+        log.info("run settled: %s", action.value, extra={"run_id": run_id})
+        if action is MessageAction.DELETE:
+            self._leases.delete(run.message_ids)
+        else:
+            self._leases.release(run.message_ids)
+
+    def _remember(self, run_id: str) -> None:
+        self._finished[run_id] = None
+        self._finished.move_to_end(run_id)
+        while len(self._finished) > self._remembered:
+            self._finished.popitem(last=False)
+
+    # --- shutdown --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release everything still held: the node is leaving."""
+        with self._lock:
+            runs, self._runs = self._runs, {}
+        for run_id, run in runs.items():
+            log.warning("released at shutdown", extra={"run_id": run_id})
+            self._leases.release(run.message_ids)
+
+
+_SAID = {
+    Admission.STOPPING: "stopping: released a message for other nodes",
+    Admission.NO_SLOT: "no free slot: released a message for other nodes",
+    Admission.DUPLICATE: "duplicate delivery of a run here; held with it",
+    Admission.FINISHED: "duplicate delivery of a finished run; deleting",
+}
+
+
+def _context(message: ReceivedMessage, run_id: str | None) -> dict[str, str | None]:
+    return {"message_id": message.message_id, "run_id": run_id}

@@ -1,0 +1,235 @@
+"""One child process, watched: its own process group, its output read in
+arrival order, a deadline and a cancel event, and a kill of the whole group.
+
+Nothing here touches AWS or knows about the Claude CLI: the caller gives the
+argv, the environment, a recorder for the output and a tracker that reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from claude_code_scheduler.node.output import OutputRecorder
+from claude_code_scheduler.node.process import reaper
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+MAX_READS_PER_TURN = 32
+STDERR_TAIL_CHARS = 4096
+# How long to wait for the pipes to close after the CLI exits before giving up
+# on a grandchild that holds them open.
+PIPE_DRAIN_SECONDS = 2.0
+
+
+class StreamReader(Protocol):
+    """Reads a stream as it arrives (the Claude CLI's result line, for one)."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """How the process ended. At most one of timed_out, cancelled and
+    spawn_error is set."""
+
+    exit_code: int | None
+    duration_seconds: float
+    output_bytes: int
+    stderr_tail: str
+    timed_out: bool = False
+    cancelled: bool = False
+    spawn_error: str | None = None
+
+
+class ProcessRun:
+    """One child process, watched until it ends, times out or is cancelled."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        recorder: OutputRecorder,
+        timeout: float,
+        kill_grace: float,
+        cancel: threading.Event,
+        stdout_reader: StreamReader | None = None,
+        run_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._argv = argv
+        self._cwd = cwd
+        self._env = env
+        self._recorder = recorder
+        self._timeout = timeout
+        self._kill_grace = kill_grace
+        self._cancel = cancel
+        self._run_id = run_id
+        self._clock = clock
+        self._chunks: queue.Queue[tuple[str, bytes | None]] = queue.Queue(maxsize=64)
+        self._stdout_reader = stdout_reader
+        self._stderr_tail = ""
+
+    def run(self) -> ProcessResult:
+        started = self._clock()
+        try:
+            with reaper.spawning() as own_children:
+                process = subprocess.Popen(
+                    self._argv,
+                    cwd=self._cwd,
+                    env=self._env,
+                    stdin=subprocess.DEVNULL,  # with an open pipe the CLI waits for input
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,  # its own process group, killed as one
+                )
+                own_children.add(process.pid)
+        except OSError as exc:
+            return ProcessResult(None, self._clock() - started, 0, "", spawn_error=str(exc))
+        try:
+            return self._watch(process, started)
+        finally:
+            reaper.forget(process.pid)
+
+    def _watch(self, process: subprocess.Popen[bytes], started: float) -> ProcessResult:
+        assert process.stdout is not None and process.stderr is not None
+        readers = [
+            self._start_reader("stdout", process.stdout.fileno()),
+            self._start_reader("stderr", process.stderr.fileno()),
+        ]
+        timed_out, cancelled = self._pump(process, started, open_streams=2)
+        if self._stdout_reader is not None:
+            self._stdout_reader.finish()
+        self._recorder.finish(self._clock())
+        for reader in readers:
+            reader.join(timeout=0.1)
+        process.stdout.close()
+        process.stderr.close()
+        return ProcessResult(
+            exit_code=process.returncode,
+            duration_seconds=self._clock() - started,
+            output_bytes=self._recorder.bytes_written,
+            stderr_tail=self._stderr_tail,
+            timed_out=timed_out,
+            cancelled=cancelled,
+        )
+
+    def _start_reader(self, stream: str, pipe_fd: int) -> threading.Thread:
+        # The reader owns a duplicate of the pipe and closes it itself: if a
+        # stray process keeps the pipe open past the run, the run can close
+        # its own end without the fd number being reused under a blocked read.
+        fd = os.dup(pipe_fd)
+
+        def read() -> None:
+            try:
+                while data := os.read(fd, READ_SIZE):
+                    self._chunks.put((stream, data))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+                self._chunks.put((stream, None))
+
+        thread = threading.Thread(target=read, name=f"read-{stream}", daemon=True)
+        thread.start()
+        return thread
+
+    def _pump(
+        self, process: subprocess.Popen[bytes], started: float, open_streams: int
+    ) -> tuple[bool, bool]:
+        deadline = started + self._timeout
+        timed_out = cancelled = False
+        kill_at: float | None = None
+        drain_until: float | None = None
+        # Until the output has ended and the CLI has exited: a CLI that closes
+        # its pipes and goes on running is still held to its deadline.
+        while open_streams or process.poll() is None:
+            now = self._clock()
+            if kill_at is None and (now >= deadline or self._cancel.is_set()):
+                timed_out = now >= deadline
+                cancelled = not timed_out
+                kill_at = now + self._kill_grace
+                self._signal(process, signal.SIGTERM, group=False)
+            if kill_at is not None and now >= kill_at and process.poll() is None:
+                self._signal(process, signal.SIGKILL, group=True)
+            if drain_until is None and process.poll() is not None:
+                # The CLI is gone: whatever is left of the run has no business running.
+                self._kill_leftovers(process)
+                drain_until = now + PIPE_DRAIN_SECONDS
+            if drain_until is not None and now >= drain_until:
+                log.warning("a process outside the run's group holds its output open; moving on")
+                break
+            open_streams -= self._take_output(self._next_wait(now, deadline, kill_at))
+        process.wait()
+        if drain_until is None:
+            # The CLI exited just after the loop last looked: its leftovers are still there.
+            self._kill_leftovers(process)
+        return timed_out, cancelled
+
+    def _kill_leftovers(self, process: subprocess.Popen[bytes]) -> None:
+        """The CLI's group, and the tool processes that left it (see reaper)."""
+        self._signal(process, signal.SIGKILL, group=True)
+        if self._run_id is not None:
+            killed = reaper.kill_run(self._run_id)
+            if killed:
+                log.info("killed %d leftover process(es)", killed, extra={"run_id": self._run_id})
+
+    def _next_wait(self, now: float, deadline: float, kill_at: float | None) -> float:
+        wakes = [deadline, now + 0.2]
+        if kill_at is not None:
+            wakes.append(kill_at)
+        return max(0.0, min(wakes) - now)
+
+    def _take_output(self, wait: float) -> int:
+        """Records what arrived; returns how many streams reached end of file.
+
+        Takes a bounded number of reads at a time so that a fast writer cannot
+        keep the deadline from being looked at."""
+        items: list[tuple[str, bytes | None]] = []
+        try:
+            items.append(self._chunks.get(timeout=wait))
+            while len(items) < MAX_READS_PER_TURN:
+                items.append(self._chunks.get_nowait())
+        except queue.Empty:
+            pass
+        closed = 0
+        for stream, data in items:
+            if data is None:
+                closed += 1
+            else:
+                self._record(stream, data)
+        self._recorder.poll(self._clock())
+        return closed
+
+    def _record(self, stream: str, data: bytes) -> None:
+        if stream == "stdout":
+            if self._stdout_reader is not None:
+                self._stdout_reader.feed(data)
+        else:
+            tail = self._stderr_tail + data.decode("utf-8", errors="replace")
+            self._stderr_tail = tail[-STDERR_TAIL_CHARS:]
+        self._recorder.feed(stream, data, self._clock())
+
+    @staticmethod
+    def _signal(process: subprocess.Popen[bytes], sig: signal.Signals, *, group: bool) -> None:
+        try:
+            if group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone

@@ -1,0 +1,263 @@
+"""One run, from TaskStarted to its terminal event, and how it ended.
+
+The order is the protocol's promise: output events while the run lasts, then
+the log upload, then the terminal event, and only then is the message
+settled, by `messages`, once the bus has taken that event. A run stopped by a
+node shutdown is handed back to the queue instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from claude_code_scheduler import logsetup
+from claude_code_scheduler.aws.errors import error_code
+from claude_code_scheduler.aws.logstore import LogUploader
+from claude_code_scheduler.aws.retry import through_outage
+from claude_code_scheduler.node.config import NodeConfig, log_key
+from claude_code_scheduler.node.messages import Ending, MessageAction, action_after_run
+from claude_code_scheduler.node.outbox import Delivery, EventSink
+from claude_code_scheduler.node.output import OutputBatcher, OutputRecorder, open_spool
+from claude_code_scheduler.node.process.claude import (
+    ResultTracker,
+    claude_argv,
+    failure_message,
+    mock_argv,
+    succeeded,
+    summarize_result,
+)
+from claude_code_scheduler.node.process.environment import RunDirs, child_environment
+from claude_code_scheduler.node.process.supervisor import ProcessResult, ProcessRun
+from claude_code_scheduler.protocol import RunTask
+from claude_code_scheduler.protocol.events import (
+    ErrorType,
+    Event,
+    task_completed,
+    task_failed,
+    task_output,
+    task_started,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RunSettler(Protocol):
+    """What a run tells the message lifecycle (messages.MessageLifecycle)."""
+
+    def run_ended(self, run_id: str, ending: Ending, delivery: Delivery) -> None: ...
+
+
+@dataclass
+class RunControl:
+    """What the node can do to a run from outside: cancel it, and give up on
+    retrying its log upload and output when the stop budget is spent."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    give_up: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: what happened, the event that says so, and what
+    becomes of its message once the bus has that event."""
+
+    ending: Ending
+    event: Event
+
+    @property
+    def message(self) -> MessageAction:
+        return action_after_run(self.ending)
+
+    @property
+    def completed(self) -> bool:
+        return self.ending is Ending.COMPLETED
+
+
+class TaskRun:
+    def __init__(
+        self,
+        config: NodeConfig,
+        command: RunTask,
+        attempt: int,
+        *,
+        outbox: EventSink,
+        logs: LogUploader,
+        messages: RunSettler,
+        control: RunControl,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._command = command
+        self._attempt = attempt
+        self._outbox = outbox
+        self._logs = logs
+        self._messages = messages
+        self._control = control
+        self._environ = dict(os.environ) if environ is None else dict(environ)
+        self._clock = clock
+        self._chunk_index = 0
+        self._timeout = command.task.timeout_seconds or config.task_timeout
+        self._deadline = float("inf")
+
+    @property
+    def run_id(self) -> str:
+        return self._command.run_id
+
+    def execute(self) -> RunOutcome:
+        task = self._command.task
+        log.info("run started (attempt %d)", self._attempt, extra={"run_id": self.run_id})
+        self._outbox.publish(
+            task_started(
+                self.run_id,
+                task_id=task.task_id,
+                task_name=task.name,
+                attempt=self._attempt,
+                started_at=time.time(),
+            )
+        )
+        logsetup.SECRETS.add(task.env.values())
+        self._deadline = self._clock() + self._timeout
+        spool = self._config.work_dir / ".logs" / f"{self.run_id}-{uuid.uuid4().hex[:8]}.log"
+        try:
+            process, result_line = self._run_process(spool)
+            outcome = self._conclude(process, result_line, spool)
+        finally:
+            spool.unlink(missing_ok=True)
+        self._report(outcome, process)
+        return outcome
+
+    def _run_process(self, spool: Path) -> tuple[ProcessResult, dict[str, Any] | None]:
+        task = self._command.task
+        dirs = RunDirs.create(self._config.work_dir, self.run_id)
+        argv = (
+            mock_argv(task)
+            if self._config.mock_mode
+            else claude_argv(self._config.claude_bin, task)
+        )
+        env = child_environment(
+            self._environ,
+            task.env,
+            run_id=self.run_id,
+            dirs=dirs,
+            keep_aws_credentials=self._config.pass_aws_credentials,
+            claude_max_retries=self._config.claude_max_retries,
+        )
+        tracker = ResultTracker()
+        try:
+            with open_spool(spool) as log_file:
+                batcher = OutputBatcher(self._emit_output)
+                process = ProcessRun(
+                    argv,
+                    cwd=dirs.cwd,
+                    env=env,
+                    recorder=OutputRecorder(log_file, batcher),
+                    timeout=self._timeout,
+                    kill_grace=self._config.kill_grace,
+                    cancel=self._control.cancel,
+                    stdout_reader=tracker,
+                    run_id=self.run_id,
+                    clock=self._clock,
+                )
+                return process.run(), tracker.result
+        finally:
+            dirs.remove()
+
+    def _emit_output(self, stream: str, text: str) -> None:
+        event = task_output(self.run_id, self._chunk_index, stream, text)
+        self._chunk_index += 1
+        self._outbox.publish(event, backpressure=True, stop_waiting=self._stop_waiting)
+
+    def _stop_waiting(self) -> bool:
+        """A slow bus must not hold the run past its deadline or a shutdown: the
+        pump that waits here is the one that enforces them."""
+        return (
+            self._control.cancel.is_set()
+            or self._control.give_up.is_set()
+            or self._clock() >= self._deadline
+        )
+
+    def _conclude(
+        self, process: ProcessResult, result_line: dict[str, Any] | None, spool: Path
+    ) -> RunOutcome:
+        """Uploads the log, then says how the run ended."""
+        uploaded = self._upload(spool)
+        log_uri = self._config.log_uri(self.run_id) if uploaded else None
+
+        def failed(
+            error_type: ErrorType, message: str, ending: Ending = Ending.FAILED
+        ) -> RunOutcome:
+            event = task_failed(
+                self.run_id,
+                error_type,
+                message,
+                exit_code=process.exit_code,
+                duration_seconds=process.duration_seconds,
+                log_uri=log_uri,
+                retryable=ending is Ending.HANDED_BACK,
+            )
+            return RunOutcome(ending, event)
+
+        if process.cancelled:
+            reason = (
+                "the node stopped before the run finished; the run was terminated and "
+                "handed back to the queue"
+            )
+            return failed(ErrorType.NODE_SHUTDOWN, reason, Ending.HANDED_BACK)
+        if not uploaded and self._control.give_up.is_set():
+            reason = "the node stopped before the run's log was uploaded; handed back"
+            return failed(ErrorType.NODE_SHUTDOWN, reason, Ending.HANDED_BACK)
+        if process.spawn_error is not None:
+            return failed(ErrorType.NODE_ERROR, f"could not start the run: {process.spawn_error}")
+        if process.timed_out:
+            message = f"the run passed its timeout of {self._timeout:g} s and was killed"
+            return failed(ErrorType.TIMEOUT, message)
+        if log_uri is None:
+            return failed(ErrorType.NODE_ERROR, "the run's log could not be uploaded")
+        if succeeded(process, result_line):
+            event = task_completed(
+                self.run_id,
+                exit_code=0,  # succeeded() says so
+                duration_seconds=process.duration_seconds,
+                log_uri=log_uri,
+                output_bytes=process.output_bytes,
+                result=summarize_result(result_line),
+            )
+            return RunOutcome(Ending.COMPLETED, event)
+        return failed(ErrorType.CLAUDE_ERROR, failure_message(process, result_line))
+
+    def _report(self, outcome: RunOutcome, process: ProcessResult) -> None:
+        """Publish the terminal event, hand its delivery to the lifecycle, and
+        keep the run's slot until the bus took it: during an outage the node
+        takes no more work than it can report on. The wait ends at the latest
+        when the outbox gives up, at the end of a shutdown."""
+        log.info(
+            "run ended: %s",
+            outcome.event.event_type,
+            extra={
+                "run_id": self.run_id,
+                "exit_code": process.exit_code,
+                "duration_seconds": round(process.duration_seconds, 3),
+            },
+        )
+        delivery = self._outbox.publish(outcome.event)
+        self._messages.run_ended(self.run_id, outcome.ending, delivery)
+        delivery.wait()
+
+    def _upload(self, spool: Path) -> bool:
+        try:
+            through_outage("uploading the log", interrupt=self._control.give_up)(
+                self._logs.upload, spool, log_key(self.run_id)
+            )
+        except Exception as exc:
+            log.error("log upload failed: %s", error_code(exc), extra={"run_id": self.run_id})
+            return False
+        return True

@@ -1,0 +1,275 @@
+"""The control-bus events: the only place an event is built.
+
+One constructor per event type, with typed arguments named as the schema
+names the fields (`schemas/<EventType>.json`); the rest of the code calls
+them and never writes a payload dict. A field added to an event touches its
+constructor and its schema, and the schema test checks that they agree.
+No I/O here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from claude_code_scheduler.protocol.commands import PROTOCOL_VERSION
+
+# The protocol's limit on TaskCompleted's result text, in UTF-8 bytes.
+RESULT_TEXT_LIMIT = 4096
+# A node not heard from for this many heartbeat intervals is lost.
+STALE_AFTER_INTERVALS = 3
+
+
+class EventType(StrEnum):
+    NODE_REGISTERED = "NodeRegistered"
+    NODE_HEARTBEAT = "NodeHeartbeat"
+    NODE_DEREGISTERED = "NodeDeregistered"
+    TASK_STARTED = "TaskStarted"
+    TASK_OUTPUT = "TaskOutput"
+    TASK_COMPLETED = "TaskCompleted"
+    TASK_FAILED = "TaskFailed"
+
+    @property
+    def about_a_run(self) -> bool:
+        return self.value.startswith("Task")
+
+
+EVENT_TYPES = tuple(t.value for t in EventType)
+TERMINAL_EVENT_TYPES = (EventType.TASK_COMPLETED.value, EventType.TASK_FAILED.value)
+
+
+class ErrorType(StrEnum):
+    INVALID_COMMAND = "InvalidCommand"
+    CLAUDE_ERROR = "ClaudeError"
+    TIMEOUT = "Timeout"
+    NODE_SHUTDOWN = "NodeShutdown"
+    NODE_ERROR = "NodeError"
+
+
+class NodeStatus(StrEnum):
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+
+
+def iso(timestamp: float | None = None) -> str:
+    """ISO 8601 in UTC with milliseconds and a Z; now when no timestamp is given."""
+    moment = datetime.fromtimestamp(time.time() if timestamp is None else timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event before the outbox stamps it with the node and a sequence number."""
+
+    event_type: EventType
+    data: dict[str, Any]
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    timestamp: str = field(default_factory=iso)
+
+    def __post_init__(self) -> None:
+        # An unknown name fails here, not on the bus.
+        object.__setattr__(self, "event_type", EventType(self.event_type))
+
+    @property
+    def run_id(self) -> str | None:
+        run_id = self.data.get("run_id")
+        return run_id if self.event_type.about_a_run and isinstance(run_id, str) else None
+
+    def body(self, node_id: str, node_name: str, sequence: int) -> dict[str, Any]:
+        return {
+            "event_type": self.event_type.value,
+            "event_id": self.event_id,
+            "version": PROTOCOL_VERSION,
+            "timestamp": self.timestamp,
+            "node_id": node_id,
+            "node_name": node_name,
+            "sequence": sequence,
+            "data": self.data,
+        }
+
+    def attributes(self, node_id: str) -> dict[str, str]:
+        """SNS message attributes, so subscribers can filter without parsing bodies."""
+        attrs = {"event_type": self.event_type.value, "node_id": node_id}
+        if self.run_id is not None:
+            attrs["run_id"] = self.run_id
+        return attrs
+
+
+def encode_event(body: dict[str, Any]) -> str:
+    # ensure_ascii=False: SNS counts UTF-8 bytes, and \uXXXX escapes would triple them.
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- node events --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeCounters:
+    """What NodeHeartbeat and NodeDeregistered say about the node's life so far."""
+
+    uptime_seconds: float
+    tasks_completed: int
+    tasks_failed: int
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "uptime_seconds": round(self.uptime_seconds, 3),
+            "tasks_completed": self.tasks_completed,
+            "tasks_failed": self.tasks_failed,
+        }
+
+
+@dataclass(frozen=True)
+class EcsTask:
+    task_arn: str
+    cluster: str | None
+    availability_zone: str | None
+
+
+def node_registered(
+    *,
+    hostname: str,
+    version: str,
+    mock_mode: bool,
+    heartbeat_interval: float,
+    max_concurrent_tasks: int,
+    claude_version: str | None,
+    started_at: float,
+    ecs: EcsTask | None,
+) -> Event:
+    return Event(
+        EventType.NODE_REGISTERED,
+        {
+            "hostname": hostname,
+            "version": version,
+            "mock_mode": mock_mode,
+            "heartbeat_interval": heartbeat_interval,
+            "max_concurrent_tasks": max_concurrent_tasks,
+            "claude_version": claude_version,
+            "started_at": iso(started_at),
+            "ecs": None
+            if ecs is None
+            else {
+                "task_arn": ecs.task_arn,
+                "cluster": ecs.cluster,
+                "availability_zone": ecs.availability_zone,
+            },
+        },
+    )
+
+
+def node_heartbeat(status: NodeStatus, running: list[str], counters: NodeCounters) -> Event:
+    return Event(
+        EventType.NODE_HEARTBEAT,
+        {"status": status.value, "running": list(running), **counters.fields()},
+    )
+
+
+def node_deregistered(reason: str, counters: NodeCounters) -> Event:
+    return Event(EventType.NODE_DEREGISTERED, {"reason": reason, **counters.fields()})
+
+
+# --- run events -----------------------------------------------------------------
+
+
+def task_started(
+    run_id: str, *, task_id: str | None, task_name: str | None, attempt: int, started_at: float
+) -> Event:
+    return Event(
+        EventType.TASK_STARTED,
+        {
+            "run_id": run_id,
+            "task_id": task_id,
+            "task_name": task_name,
+            "attempt": attempt,
+            "started_at": iso(started_at),
+        },
+    )
+
+
+def task_output(run_id: str, chunk_index: int, stream: str, data: str) -> Event:
+    return Event(
+        EventType.TASK_OUTPUT,
+        {"run_id": run_id, "chunk_index": chunk_index, "stream": stream, "data": data},
+    )
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """TaskCompleted's `result`: the figures of the CLI's final result line."""
+
+    session_id: str | None
+    total_cost_usd: float | None
+    num_turns: int | None
+    duration_ms: float | None
+    is_error: bool
+    text: str | None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "total_cost_usd": self.total_cost_usd,
+            "num_turns": self.num_turns,
+            "duration_ms": self.duration_ms,
+            "is_error": self.is_error,
+            "text": None if self.text is None else cut_utf8(self.text, RESULT_TEXT_LIMIT),
+        }
+
+
+def task_completed(
+    run_id: str,
+    *,
+    exit_code: int,
+    duration_seconds: float,
+    log_uri: str,
+    output_bytes: int,
+    result: TaskResult | None,
+) -> Event:
+    return Event(
+        EventType.TASK_COMPLETED,
+        {
+            "run_id": run_id,
+            "exit_code": exit_code,
+            "duration_seconds": round(duration_seconds, 3),
+            "log_uri": log_uri,
+            "output_bytes": output_bytes,
+            "result": None if result is None else result.fields(),
+        },
+    )
+
+
+def task_failed(
+    run_id: str | None,
+    error_type: ErrorType,
+    message: str,
+    *,
+    exit_code: int | None = None,
+    duration_seconds: float = 0.0,
+    log_uri: str | None = None,
+    retryable: bool = False,
+) -> Event:
+    return Event(
+        EventType.TASK_FAILED,
+        {
+            "run_id": run_id,
+            "error": {"type": error_type.value, "message": message},
+            "exit_code": exit_code,
+            "duration_seconds": round(duration_seconds, 3),
+            "log_uri": log_uri,
+            "retryable": retryable,
+        },
+    )
+
+
+def cut_utf8(text: str, limit: int) -> str:
+    """At most `limit` bytes of UTF-8, never splitting a character."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode("utf-8", errors="ignore")

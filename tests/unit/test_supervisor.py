@@ -1,0 +1,351 @@
+"""node/process/supervisor.py: real tiny subprocesses under a deadline, a cancel
+event and a group kill, their output read in order."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_code_scheduler.node.output import OutputBatcher, OutputRecorder
+from claude_code_scheduler.node.process.claude import (
+    ResultTracker,
+    failure_message,
+    mock_argv,
+    succeeded,
+    summarize_result,
+)
+from claude_code_scheduler.node.process.reaper import RUN_MARKER
+from claude_code_scheduler.node.process.supervisor import ProcessResult, ProcessRun
+from claude_code_scheduler.protocol import MockSpec, TaskSpec
+
+RESULT = {"type": "result", "subtype": "success", "is_error": False, "result": "done"}
+# --- ProcessRun with real processes --------------------------------------------------------
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.chunks: list[tuple[str, str]] = []
+        self.log = io.BytesIO()
+        self.recorder = OutputRecorder(
+            self.log, OutputBatcher(lambda s, t: self.chunks.append((s, t)))
+        )
+        self.cancel = threading.Event()
+        self.cwd = tmp_path
+        self.result: dict[str, Any] | None = None
+
+    def run(
+        self,
+        argv: list[str],
+        *,
+        timeout: float = 20.0,
+        kill_grace: float = 0.5,
+        env: dict[str, str] | None = None,
+        run_id: str | None = None,
+    ) -> ProcessResult:
+        """Runs argv; the Claude result line it printed, if any, is in `result`."""
+        tracker = ResultTracker()
+        ended = ProcessRun(
+            argv,
+            cwd=self.cwd,
+            env=dict(os.environ) if env is None else env,
+            recorder=self.recorder,
+            timeout=timeout,
+            kill_grace=kill_grace,
+            cancel=self.cancel,
+            stdout_reader=tracker,
+            run_id=run_id,
+        ).run()
+        self.result = tracker.result
+        return ended
+
+    def text(self) -> str:
+        return "".join(t for _, t in self.chunks)
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def process_state(pid: int) -> str | None:
+    """The process's state letter, or None when it no longer exists."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    """Gone, or a zombie nobody reaped yet (dead either way)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process_state(pid) in (None, "Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_normal_exit_records_output_in_order(harness: Harness) -> None:
+    result_line = json.dumps({**RESULT, "result": "ok"})
+    run = harness.run(
+        python(
+            f"""
+            import os, sys, time
+            print("out 1", flush=True)
+            time.sleep(0.15)
+            print("err 1", file=sys.stderr, flush=True)
+            time.sleep(0.15)
+            print("cwd=" + os.getcwd() + " X=" + os.environ.get("X", "?"), flush=True)
+            print({result_line!r}, flush=True)
+            """
+        ),
+        env={**os.environ, "X": "from-task"},
+    )
+    assert run.exit_code == 0
+    assert not run.timed_out and not run.cancelled and run.spawn_error is None
+    assert succeeded(run, harness.result)
+    assert harness.result is not None and harness.result["result"] == "ok"
+    assert run.stderr_tail == "err 1\n"
+    expected = f"out 1\nerr 1\ncwd={harness.cwd} X=from-task\n{result_line}\n"
+    assert harness.text() == expected
+    assert harness.log.getvalue() == expected.encode()
+    assert run.output_bytes == len(expected.encode())
+    assert [s for s, _ in harness.chunks] == ["stdout", "stderr", "stdout"]
+
+
+def test_stdin_is_dev_null(harness: Harness) -> None:
+    run = harness.run(python("import sys; print(len(sys.stdin.read()))"), timeout=10)
+    assert run.exit_code == 0
+    assert harness.text() == "0\n"
+
+
+def test_non_zero_exit_keeps_stderr(harness: Harness) -> None:
+    run = harness.run(python("import sys; sys.stderr.write('bad flag\\n'); sys.exit(2)"))
+    assert run.exit_code == 2
+    assert harness.result is None
+    assert failure_message(run, harness.result) == "bad flag"
+
+
+def test_timeout_kills_a_process_that_ignores_sigterm(harness: Harness) -> None:
+    started = time.monotonic()
+    run = harness.run(
+        python(
+            """
+            import signal, time
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            print("ignoring SIGTERM", flush=True)
+            time.sleep(60)
+            """
+        ),
+        timeout=1.0,
+        kill_grace=0.5,
+    )
+    elapsed = time.monotonic() - started
+    assert run.timed_out
+    assert not run.cancelled
+    assert run.exit_code == -9
+    assert elapsed < 15
+    assert run.duration_seconds >= 1.4
+    assert harness.text() == "ignoring SIGTERM\n"
+
+
+def test_a_cli_that_closes_its_output_is_still_held_to_its_deadline(harness: Harness) -> None:
+    started = time.monotonic()
+    run = harness.run(
+        python(
+            """
+            import os, time
+            os.close(1)
+            os.close(2)
+            time.sleep(60)
+            """
+        ),
+        timeout=1.0,
+        kill_grace=0.2,
+    )
+    assert run.timed_out
+    assert run.exit_code is not None and run.exit_code < 0
+    assert time.monotonic() - started < 20
+
+
+def test_cancel_terminates_the_run(harness: Harness) -> None:
+    threading.Timer(0.3, harness.cancel.set).start()
+    started = time.monotonic()
+    run = harness.run(python("import time; print('up', flush=True); time.sleep(60)"))
+    assert run.cancelled
+    assert not run.timed_out
+    assert run.exit_code == -15, "SIGTERM first; it ends a well-behaved CLI"
+    assert time.monotonic() - started < 10
+
+
+GRANDCHILD = """
+import os, subprocess, sys, time
+sleeper = "open('alive', 'w').close(); import time; time.sleep(60)"
+child = subprocess.Popen([sys.executable, "-c", sleeper]{redirect})
+while not os.path.exists("alive"):
+    time.sleep(0.01)
+print(child.pid, flush=True)
+"""
+
+
+def test_a_grandchild_holding_the_pipes_is_killed_with_the_group(harness: Harness) -> None:
+    started = time.monotonic()
+    run = harness.run(python(GRANDCHILD.format(redirect="")))
+    assert run.exit_code == 0
+    assert time.monotonic() - started < 10, "the run did not wait for the grandchild"
+    assert (harness.cwd / "alive").exists(), "the grandchild was running"
+    assert wait_gone(int(harness.text().strip()))
+
+
+def test_a_detached_grandchild_in_the_group_is_killed_at_the_end(harness: Harness) -> None:
+    redirect = ", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
+    run = harness.run(python(GRANDCHILD.format(redirect=redirect)))
+    assert run.exit_code == 0
+    assert (harness.cwd / "alive").exists(), "the grandchild was running"
+    assert wait_gone(int(harness.text().strip()))
+
+
+# A tool process the way the CLI starts one: a session of its own, outside
+# the CLI's process group, and left running when the CLI exits.
+ESCAPEE = """
+import os, subprocess, sys, time
+sleeper = "import os, time; open('alive', 'w').close(); time.sleep(300)"
+child = subprocess.Popen(
+    [sys.executable, "-c", sleeper], start_new_session=True,
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+while not os.path.exists("alive"):
+    time.sleep(0.01)
+print(child.pid, flush=True)
+"""
+
+
+def test_a_process_in_a_session_of_its_own_outlives_the_group_kill(harness: Harness) -> None:
+    # Without the run's marker the group kill alone misses it: why the reaper exists.
+    run = harness.run(python(ESCAPEE))
+    pid = int(harness.text().strip())
+    try:
+        assert run.exit_code == 0
+        assert process_state(pid) not in (None, "Z", "X"), "the group kill reached it"
+    finally:
+        os.kill(pid, 9)
+
+
+def test_the_runs_marker_finds_a_process_in_a_session_of_its_own(harness: Harness) -> None:
+    env = {**os.environ, RUN_MARKER: "run-escapee"}
+    run = harness.run(python(ESCAPEE), env=env, run_id="run-escapee")
+    assert run.exit_code == 0
+    assert (harness.cwd / "alive").exists(), "the escapee was running"
+    assert wait_gone(int(harness.text().strip()))
+
+
+def test_spawn_error_for_a_missing_binary(harness: Harness, tmp_path: Path) -> None:
+    run = harness.run([str(tmp_path / "no-such-claude"), "-p"])
+    assert run.spawn_error is not None
+    assert "no-such-claude" in run.spawn_error
+    assert run.exit_code is None
+    assert not succeeded(run, harness.result)
+    assert harness.chunks == []
+
+
+def test_a_long_line_and_a_result_through_a_real_pipe(harness: Harness) -> None:
+    run = harness.run(
+        python(
+            """
+            import json, sys
+            text = "y" * (5 * 1024 * 1024)
+            out = sys.stdout
+            out.write(json.dumps({"type": "assistant", "text": text}) + "\\n")
+            out.write(json.dumps({"type": "result", "is_error": False, "result": text}) + "\\n")
+            """
+        )
+    )
+    assert run.exit_code == 0
+    assert harness.result is not None
+    assert len(harness.result["result"]) == 5 * 1024 * 1024
+    assert succeeded(run, harness.result)
+    assert harness.log.getvalue() == harness.text().encode()
+    assert run.output_bytes == len(harness.log.getvalue())
+
+
+def test_mock_cli_runs_on_the_same_path(harness: Harness) -> None:
+    task = TaskSpec(prompt="-a prompt", mock=MockSpec(duration_seconds=0.1, output_bytes=4000))
+    run = harness.run(mock_argv(task))
+    assert run.exit_code == 0
+    assert succeeded(run, harness.result)
+    assert run.output_bytes == 4000
+    summary = summarize_result(harness.result)
+    assert summary is not None and summary.text == "Mock reply to: -a prompt"
+
+
+def test_mock_cli_failure_is_a_claude_error(harness: Harness) -> None:
+    task = TaskSpec(prompt="p", mock=MockSpec(duration_seconds=0.0, exit_code=3))
+    run = harness.run(mock_argv(task))
+    assert run.exit_code == 3
+    assert not succeeded(run, harness.result)
+    assert failure_message(run, harness.result) == "mock run failed with exit code 3"
+
+
+ESCAPED_GRANDCHILD = """
+import subprocess, sys
+late = (
+    "import pathlib, sys, time; time.sleep(3); sys.stdout.write('late'); sys.stdout.flush(); "
+    "pathlib.Path('wrote').touch()"
+)
+subprocess.Popen([sys.executable, "-c", late], start_new_session=True)
+print("child done", flush=True)
+"""
+
+
+def test_an_escaped_process_does_not_steal_from_files_opened_after_the_run(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
+    started = time.monotonic()
+    run = harness.run(python(ESCAPED_GRANDCHILD))
+    assert run.exit_code == 0
+    assert time.monotonic() - started < 10, "the run gave up on the escaped process's pipe"
+    pipes = [os.pipe() for _ in range(8)]
+    try:
+        assert wait_for_file(harness.cwd / "wrote", timeout=10)
+        time.sleep(0.3)
+        for _, write_end in pipes:
+            os.write(write_end, b"mine")
+        time.sleep(0.3)
+        received: list[bytes | None] = []
+        for read_end, _ in pipes:
+            os.set_blocking(read_end, False)
+            try:
+                received.append(os.read(read_end, 16))
+            except BlockingIOError:
+                received.append(None)  # a stale reader thread took it
+        assert received == [b"mine"] * len(pipes)
+        assert thread_errors == [], "a reader thread outlived its run and read a closed fd"
+    finally:
+        for read_end, write_end in pipes:
+            os.close(read_end)
+            os.close(write_end)
+
+
+def wait_for_file(path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.05)
+    return False
