@@ -3,7 +3,7 @@
 Log lines carry stable `extra` keys (run_id, node_id, message_id, exit_code,
 duration_seconds) so JSON logs can be queried. A redacting filter is the last
 line of defence for secrets: the node never logs them on purpose, and the
-filter replaces any registered secret value that slips into a line anyway.
+filter replaces any secret value it knows that slips into a line anyway.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -29,50 +30,70 @@ SECRET_ENV_NAMES = (
 )
 # Values shorter than this are too likely to match ordinary text to redact.
 MIN_SECRET_LENGTH = 6
-MAX_SECRETS = 4096
 CONTEXT_KEYS = ("node_id", "run_id", "message_id", "exit_code", "duration_seconds")
 
 
 class SecretFilter(logging.Filter):
+    """Redacts secrets: the node's own everywhere, a run's task env values in
+    that run's log lines (the `run_id` extra) while it lasts. Scoped so that
+    one task's env value (it may be ordinary words) never blanks other runs'
+    lines. `redact` serves the events the node builds from a run's output."""
+
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self._permanent: set[str] = set()
-        self._recent: dict[str, None] = {}  # an insertion-ordered set
+        self._node: set[str] = set()
+        self._runs: dict[str, frozenset[str]] = {}
 
-    def add(self, values: Iterable[str], *, permanent: bool = False) -> None:
-        """Register values to redact. Task env values arrive with every run,
-        so only the newest MAX_SECRETS of them are kept; the node's own
-        (`permanent`) are kept for good."""
+    def add_node_secrets(self, values: Iterable[str]) -> None:
         with self._lock:
-            for value in values:
-                if len(value) < MIN_SECRET_LENGTH or value in self._permanent:
-                    continue
-                if permanent:
-                    self._permanent.add(value)
-                else:
-                    self._recent.pop(value, None)
-                    self._recent[value] = None
-            while len(self._recent) > MAX_SECRETS:
-                del self._recent[next(iter(self._recent))]
+            self._node.update(v for v in values if len(v) >= MIN_SECRET_LENGTH)
 
-    def _scrub(self, text: str) -> str:
-        for secret in (*self._permanent, *self._recent):
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
+    def remove_node_secrets(self, values: Iterable[str]) -> None:
+        with self._lock:
+            self._node.difference_update(values)
+
+    @contextmanager
+    def for_run(self, run_id: str, values: Iterable[str]) -> Iterator[None]:
+        """Redact `values` from the run's lines while the block lasts."""
+        with self._lock:
+            self._runs[run_id] = frozenset(v for v in values if len(v) >= MIN_SECRET_LENGTH)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs.pop(run_id, None)
+
+    def redact(self, text: str, run_id: str | None = None) -> str:
+        with self._lock:
+            secrets = self._secrets(run_id)
+        return _scrub(text, secrets)
+
+    def _secrets(self, run_id: str | None) -> list[str]:
+        found = self._node | (self._runs.get(run_id, frozenset()) if run_id else frozenset())
+        # Longest first: a secret that contains another is replaced whole.
+        return sorted(found, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        run_id = getattr(record, "run_id", None)
         with self._lock:
-            if not self._permanent and not self._recent:
-                return True
-            record.msg = self._scrub(record.getMessage())
-            record.args = None
-            for key in CONTEXT_KEYS:
-                value = getattr(record, key, None)
-                if isinstance(value, str):
-                    setattr(record, key, self._scrub(value))
+            secrets = self._secrets(run_id if isinstance(run_id, str) else None)
+        if not secrets:
+            return True
+        record.msg = _scrub(record.getMessage(), secrets)
+        record.args = None
+        for key in CONTEXT_KEYS:
+            value = getattr(record, key, None)
+            if isinstance(value, str):
+                setattr(record, key, _scrub(value, secrets))
         return True
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
 
 
 class _TextFormatter(logging.Formatter):
@@ -101,7 +122,7 @@ def configure(verbosity: int, log_format: str, environ: Mapping[str, str]) -> No
         )
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    SECRETS.add((environ[name] for name in SECRET_ENV_NAMES if environ.get(name)), permanent=True)
+    SECRETS.add_node_secrets(environ[name] for name in SECRET_ENV_NAMES if environ.get(name))
     handler.addFilter(SECRETS)
     root = logging.getLogger()
     root.handlers[:] = [handler]

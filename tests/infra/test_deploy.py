@@ -33,6 +33,8 @@ SPECIAL_CALLS = {
     # Managed transfer: PutObject covers CreateMultipartUpload, UploadPart and
     # CompleteMultipartUpload; a failed multipart upload is aborted.
     ("s3", "upload_file"): {"s3:PutObject", "s3:AbortMultipartUpload"},
+    # sns:Publish grants PublishBatch too; there is no action of its own.
+    ("sns", "publish_batch"): {"sns:Publish"},
 }
 
 

@@ -9,6 +9,7 @@ import threading
 import time
 from urllib.parse import urlparse
 
+from claude_code_scheduler.node.leases import MIN_VISIBILITY_SECONDS
 from tests.integration.conftest import command, free_port
 
 
@@ -63,7 +64,9 @@ class TcpProxy:
 
 
 def test_events_wait_out_a_bus_outage(stack_factory, start_node):
-    stack = stack_factory(visibility_timeout=4)
+    # The node's smallest queue timeout (MIN_VISIBILITY_SECONDS), and an
+    # outage longer than it: only renewals keep the message hidden.
+    stack = stack_factory(visibility_timeout=MIN_VISIBILITY_SECONDS)
     proxy = TcpProxy(stack.endpoint)
     proxy.up()
     node = start_node(
@@ -80,7 +83,7 @@ def test_events_wait_out_a_bus_outage(stack_factory, start_node):
     stack.send(cmd)
     stack.wait_event("TaskStarted", cmd["run_id"])
     proxy.down()
-    time.sleep(12)  # the run ends during the outage; its events wait
+    time.sleep(MIN_VISIBILITY_SECONDS + 3)  # the run ends during the outage; its events wait
     assert not stack.of("TaskCompleted", cmd["run_id"])
     # Not deleted: the lease keeps it hidden while the terminal event waits.
     assert stack.queue_counts() == (0, 1)

@@ -86,7 +86,9 @@ def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fak
     assert run_root.parent == node.work_dir
     assert env["CLAUDE_CONFIG_DIR"] == str(run_root / "claude")
     assert env["CLAUDE_CODE_TMPDIR"] == env["TMPDIR"] == str(run_root / "tmp")
-    assert env["CLAUDE_CODE_SCHEDULER_RUN_ID"] == terminal["data"]["run_id"]
+    # The run's marker: its run id and a token of this attempt's own.
+    run_id, _, token = env["CLAUDE_CODE_SCHEDULER_RUN_ID"].partition("/")
+    assert run_id == terminal["data"]["run_id"] and len(token) == 32
     assert "CLAUDE_CODE_MAX_RETRIES" not in env
     assert env["DISABLE_AUTOUPDATER"] == "1"
     assert not run_root.exists()

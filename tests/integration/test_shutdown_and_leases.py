@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
+from claude_code_scheduler.node.leases import MIN_VISIBILITY_SECONDS
 from tests.integration.conftest import command
 
 
@@ -85,13 +86,14 @@ def test_second_signal_skips_the_wait(stack, start_node):
 
 
 def test_leases_outlast_the_visibility_timeout(stack_factory, start_node):
-    stack = stack_factory(visibility_timeout=2)
+    # The smallest timeout a node starts with: its renewals are the tightest.
+    stack = stack_factory(visibility_timeout=MIN_VISIBILITY_SECONDS)
     nodes = [start_node(stack, "--mock-mode", "--poll-wait-seconds", "1") for _ in range(2)]
-    cmd = command(mock={"duration_seconds": 6})
+    cmd = command(mock={"duration_seconds": MIN_VISIBILITY_SECONDS + 5})
     stack.send(cmd)
-    stack.wait_event("TaskCompleted", cmd["run_id"], timeout=30)
+    stack.wait_event("TaskCompleted", cmd["run_id"], timeout=MIN_VISIBILITY_SECONDS + 30)
     stack.drain_events(3.0)
-    # Three visibility timeouts long, two nodes polling, started exactly once.
+    # Longer than the visibility timeout, two nodes polling, started exactly once.
     assert len(stack.of("TaskStarted", cmd["run_id"])) == 1
     assert stack.queue_counts() == (0, 0)
     assert all(n.process.poll() is None for n in nodes)

@@ -347,7 +347,7 @@ def test_the_nodes_aws_credentials_reach_the_cli_only_on_purpose(
         for line in api.main_requests[1].tool_result_text().splitlines()
         if "=" in line
     )
-    assert env[RUN_MARKER] == run_id
+    assert env[RUN_MARKER].startswith(f"{run_id}/"), "the attempt's own marker"
     assert env["AWS_REGION"] == "us-east-1"  # where AWS is, not who the node is
     if passed:
         assert env["AWS_ACCESS_KEY_ID"] == "testing"
@@ -453,3 +453,47 @@ def test_bypass_permissions_works_for_a_node_that_is_not_root(
     assert int(uid) == (UNPRIVILEGED if os.geteuid() == 0 else os.geteuid())
     assert content == "from nobody"
     assert_nothing_left(node)
+
+
+# --- task values that look like flags -----------------------------------------------------
+
+
+SMUGGLED = [
+    pytest.param({"allowed_tools": ["Read", "--dangerously-skip-permissions"]}, id="allowed"),
+    pytest.param({"disallowed_tools": ["Bash", "--add-dir=/etc"]}, id="disallowed"),
+    pytest.param({"allowed_tools": ["-p"]}, id="short-flag"),
+    pytest.param({"model": "--dangerously-skip-permissions"}, id="model"),
+]
+
+
+@pytest.mark.parametrize("task", SMUGGLED)
+def test_task_values_that_look_like_flags_never_reach_the_cli(
+    launch: Launch, api: AnthropicStandin, task: dict[str, Any]
+) -> None:
+    node = launch(api)
+    _, terminal = node.run(prompt="hello", permission_mode="default", **task)
+    assert terminal["event_type"] == "TaskFailed", terminal
+    assert terminal["data"]["error"]["type"] == "InvalidCommand"
+    assert api.main_requests == [], "the CLI never ran"
+
+
+def test_values_with_dashes_inside_reach_the_cli_as_values(
+    launch: Launch, api: AnthropicStandin
+) -> None:
+    """A prompt, a tool pattern and a name made of flags stay what they are."""
+    api.add(Text("fine"))
+    node = launch(api)
+    prompt = "--dangerously-skip-permissions -p --add-dir=/etc"
+    run_id, terminal = node.run(
+        prompt=prompt,
+        permission_mode="default",
+        allowed_tools=["Bash(rm -rf:*)"],
+        name="--dangerously-skip-permissions",
+        task_id="-p",
+    )
+    assert terminal["event_type"] == "TaskCompleted", terminal
+    assert node.init_line(run_id)["permissionMode"] == "default"
+    [request] = api.main_requests
+    assert prompt in json.dumps(request.body["messages"])
+    started = node.stack.of("TaskStarted", run_id)[0]["data"]
+    assert (started["task_name"], started["task_id"]) == ("--dangerously-skip-permissions", "-p")

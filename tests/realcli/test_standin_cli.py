@@ -7,6 +7,7 @@ second. See FINDINGS.md for the facts behind each assertion.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -244,3 +245,37 @@ def test_bypass_permissions_as_an_unprivileged_user_writes(claude_bin: Path) -> 
         assert (cwd / "out.txt").read_text() == "bypass\n"
         if user is not None:
             assert (cwd / "out.txt").stat().st_uid == user[0]
+
+
+def test_a_second_tool_list_entry_is_read_as_a_flag_by_the_cli(claude: RunClaude) -> None:
+    """Why the node refuses tool patterns that start with '-': `--` protects
+    only the prompt, and the CLI takes `--dangerously-skip-permissions` from
+    the second entry of --allowedTools even with --permission-mode default."""
+    with AnthropicStandin([Text("ran")]) as api:
+        run = claude(
+            api,
+            [
+                "--permission-mode",
+                "default",
+                "--allowedTools",
+                "Read",
+                "--dangerously-skip-permissions",
+            ],
+            "hello",
+        )
+    if os.geteuid() == 0:
+        # As root the CLI refuses the flag it was smuggled: proof that it took it.
+        assert ROOT_BYPASS_REFUSAL in run.stderr, run.describe()
+    else:
+        assert run.init is not None, run.describe()
+        assert run.init["permissionMode"] == "bypassPermissions"
+
+
+def test_a_prompt_that_looks_like_flags_is_only_a_prompt(claude: RunClaude) -> None:
+    prompt = "--dangerously-skip-permissions --add-dir=/etc -p"
+    with AnthropicStandin([Text("just words")]) as api:
+        run = claude(api, ["--permission-mode", "default"], prompt)
+    assert run.returncode == 0, run.describe()
+    assert run.init is not None and run.init["permissionMode"] == "default"
+    [request] = api.main_requests
+    assert prompt in json.dumps(request.body["messages"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from unit_support import make_config
+from unit_support import QUEUE_URL, TOPIC_ARN, make_config
 
 from claude_code_scheduler.aws.names import (
     QueueUrl,
@@ -18,7 +18,8 @@ from claude_code_scheduler.aws.names import (
     validate_bucket,
 )
 from claude_code_scheduler.errors import ConfigError
-from claude_code_scheduler.node.config import log_key
+from claude_code_scheduler.node.command import build_config, node
+from claude_code_scheduler.node.config import default, log_key
 from claude_code_scheduler.node.startup import real_mode_warnings
 
 # --- queue URLs ---------------------------------------------------------------
@@ -363,6 +364,8 @@ def test_defaults_are_valid() -> None:
         ({"task_timeout": 43201}, "--task-timeout"),
         ({"max_concurrent_tasks": 0}, "--max-concurrent-tasks"),
         ({"shutdown_timeout": -1}, "--shutdown-timeout"),
+        ({"startup_timeout": -1}, "--startup-timeout"),
+        ({"startup_timeout": float("nan")}, "--startup-timeout"),
         ({"node_id": "  "}, "--node-id"),
         ({"claude_max_retries": -1}, "--claude-max-retries"),
     ],
@@ -380,6 +383,7 @@ def test_node_config_rejects(overrides: dict[str, Any], option: str) -> None:
         {"poll_wait_seconds": 20},
         {"task_timeout": 43200},
         {"shutdown_timeout": 0},
+        {"startup_timeout": 0},
         {"max_concurrent_tasks": 8},
         {"claude_max_retries": 0},
         {"claude_max_retries": None},
@@ -389,6 +393,22 @@ def test_node_config_accepts_bounds(overrides: dict[str, Any]) -> None:
     config = make_config(**overrides)
     for key, value in overrides.items():
         assert getattr(config, key) == value
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"), [({}, 60.0), ({"CLAUDE_NODE_STARTUP_TIMEOUT": "7.5"}, 7.5)]
+)
+def test_the_startup_timeout_comes_from_its_option_or_the_config_default(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], expected: float
+) -> None:
+    monkeypatch.delenv("CLAUDE_NODE_STARTUP_TIMEOUT", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    resources = ["--queue-url", QUEUE_URL, "--topic-arn", TOPIC_ARN, "--log-bucket", "logs"]
+    with node.make_context("node", resources) as ctx:
+        config = build_config(ctx.params, None)
+    assert config.startup_timeout == expected
+    assert default("startup_timeout") == 60.0
 
 
 # --- real-mode warnings -------------------------------------------------------------

@@ -30,7 +30,7 @@ def test_child_environment_strips_node_credentials_and_adds_task_env() -> None:
         "CLAUDECODE": "1",
         "ANTHROPIC_API_KEY": "sk-ant",
     }
-    env = child_environment(base, {"FOO": "bar", "PATH": "/opt/bin"}, run_id="r1")
+    env = child_environment(base, {"FOO": "bar", "PATH": "/opt/bin"}, run_marker="r1")
     assert env == {
         "PATH": "/opt/bin",
         "HOME": "/root",
@@ -44,9 +44,9 @@ def test_child_environment_strips_node_credentials_and_adds_task_env() -> None:
 
 
 def test_the_cli_does_not_update_itself_unless_the_node_says_so() -> None:
-    assert child_environment({}, {}, run_id="r")["DISABLE_AUTOUPDATER"] == "1"
+    assert child_environment({}, {}, run_marker="r")["DISABLE_AUTOUPDATER"] == "1"
     base = {"DISABLE_AUTOUPDATER": "0"}
-    assert child_environment(base, {}, run_id="r")["DISABLE_AUTOUPDATER"] == "0"
+    assert child_environment(base, {}, run_marker="r")["DISABLE_AUTOUPDATER"] == "0"
 
 
 def test_pass_aws_credentials_keeps_them_on_purpose() -> None:
@@ -56,7 +56,7 @@ def test_pass_aws_credentials_keeps_them_on_purpose() -> None:
         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc",
         "CLAUDECODE": "1",
     }
-    env = child_environment(base, {}, run_id="r1", keep_aws_credentials=True)
+    env = child_environment(base, {}, run_marker="r1", keep_aws_credentials=True)
     assert env == {
         "AWS_ACCESS_KEY_ID": "AKIA...",
         "AWS_SECRET_ACCESS_KEY": "secret",
@@ -71,7 +71,7 @@ def test_run_dirs_are_the_default_config_and_temp_folders(tmp_path: Path) -> Non
     assert dirs.cwd.is_dir() and dirs.config.is_dir() and dirs.tmp.is_dir()
     assert dirs.root.parent == tmp_path / "work-root"
     assert len(dirs.root.name) < 40, "a long run id must not make the socket path too long"
-    env = child_environment({"PATH": "/bin"}, {}, run_id="r1", dirs=dirs)
+    env = child_environment({"PATH": "/bin"}, {}, run_marker="r1", dirs=dirs)
     assert env["CLAUDE_CONFIG_DIR"] == str(dirs.config)
     assert env["CLAUDE_CODE_TMPDIR"] == str(dirs.tmp)
     assert env["TMPDIR"] == str(dirs.tmp)
@@ -82,7 +82,7 @@ def test_run_dirs_are_the_default_config_and_temp_folders(tmp_path: Path) -> Non
 def test_the_operators_own_config_folder_wins(tmp_path: Path) -> None:
     dirs = RunDirs.create(tmp_path, "r1")
     base = {"CLAUDE_CONFIG_DIR": "/etc/claude", "TMPDIR": "/scratch"}
-    env = child_environment(base, {}, run_id="r1", dirs=dirs)
+    env = child_environment(base, {}, run_marker="r1", dirs=dirs)
     assert env["CLAUDE_CONFIG_DIR"] == "/etc/claude"
     assert env["TMPDIR"] == "/scratch"
     assert env["CLAUDE_CODE_TMPDIR"] == str(dirs.tmp)
@@ -90,16 +90,17 @@ def test_the_operators_own_config_folder_wins(tmp_path: Path) -> None:
 
 def test_max_retries_option_is_a_default_the_task_may_override() -> None:
     base = {"CLAUDE_CODE_MAX_RETRIES": "7"}
-    assert child_environment(base, {}, run_id="r", claude_max_retries=2)[MAX_RETRIES_VAR] == "2"
-    assert child_environment(base, {}, run_id="r")[MAX_RETRIES_VAR] == "7"
+    assert child_environment(base, {}, run_marker="r", claude_max_retries=2)[MAX_RETRIES_VAR] == "2"
+    assert child_environment(base, {}, run_marker="r")[MAX_RETRIES_VAR] == "7"
     task_env = {MAX_RETRIES_VAR: "0"}
     assert (
-        child_environment(base, task_env, run_id="r", claude_max_retries=2)[MAX_RETRIES_VAR] == "0"
+        child_environment(base, task_env, run_marker="r", claude_max_retries=2)[MAX_RETRIES_VAR]
+        == "0"
     )
 
 
 def test_the_task_cannot_change_the_run_marker() -> None:
-    env = child_environment({}, {RUN_MARKER: "someone-else"}, run_id="mine")
+    env = child_environment({}, {RUN_MARKER: "someone-else"}, run_marker="mine")
     assert env[RUN_MARKER] == "mine"
 
 
@@ -115,7 +116,7 @@ def test_the_task_cannot_change_the_run_marker() -> None:
     ],
 )
 def test_child_environment_strips_other_credential_sources(name: str) -> None:
-    assert child_environment({name: "x", "KEEP": "y"}, {}, run_id="r") == {
+    assert child_environment({name: "x", "KEEP": "y"}, {}, run_marker="r") == {
         "KEEP": "y",
         "DISABLE_AUTOUPDATER": "1",
         RUN_MARKER: "r",
@@ -124,6 +125,6 @@ def test_child_environment_strips_other_credential_sources(name: str) -> None:
 
 def test_task_env_may_set_its_own_credentials() -> None:
     env = child_environment(
-        {"AWS_ACCESS_KEY_ID": "node"}, {"AWS_ACCESS_KEY_ID": "task"}, run_id="r"
+        {"AWS_ACCESS_KEY_ID": "node"}, {"AWS_ACCESS_KEY_ID": "task"}, run_marker="r"
     )
     assert env == {"AWS_ACCESS_KEY_ID": "task", "DISABLE_AUTOUPDATER": "1", RUN_MARKER: "r"}

@@ -16,6 +16,7 @@ from claude_code_scheduler.node.messages import (
     MessageAction,
     MessageLifecycle,
     action_after_run,
+    crash_delay,
 )
 from claude_code_scheduler.node.outbox import Delivery
 
@@ -143,8 +144,39 @@ def test_a_duplicate_of_a_finished_run_is_deleted_not_run(lc: Lifecycle) -> None
     lc.take(run_task_body("run-1"), "m-1", "r-1")
     lc.end("run-1", Ending.FAILED)
     assert lc.take(run_task_body("run-1"), "m-9", "r-9") is Admission.FINISHED
-    assert lc.take(run_task_body("run-1"), "m-8", "r-8", stopping=True) is Admission.STOPPING
-    assert lc.writes() == [(RELEASED, "r-8", 0), ("delete", "r-1"), ("delete", "r-9")]
+    assert lc.writes() == [("delete", "r-1"), ("delete", "r-9")]
+    (event,) = lc.outbox.events
+    assert event.data["run_id"] == "run-1"
+    assert event.data["error"]["type"] == "Duplicate"
+    assert "already ended on this node (failed)" in event.data["error"]["message"]
+    assert event.data["retryable"] is False
+    assert_event_valid(lc.outbox.bodies[0])
+
+
+def test_a_finished_duplicate_is_deleted_even_when_its_report_is_refused(lc: Lifecycle) -> None:
+    """Released, it would run again on a node that does not remember the run."""
+    lc.take(run_task_body("run-1"), "m-1", "r-1")
+    lc.end("run-1", Ending.COMPLETED)
+    lc.outbox.close(0)
+    assert lc.take(run_task_body("run-1"), "m-9", "r-9") is Admission.FINISHED
+    assert lc.writes() == [("delete", "r-1"), ("delete", "r-9")]
+
+
+def test_while_stopping_duplicates_are_still_settled_with_their_run(lc: Lifecycle) -> None:
+    """Released, a duplicate would run again on another node."""
+    lc.take(run_task_body("done"), "m-1", "r-1")
+    lc.end("done", Ending.COMPLETED)
+    lc.take(run_task_body("running"), "m-2", "r-2")
+    assert lc.take(run_task_body("done"), "m-3", "r-3", stopping=True) is Admission.FINISHED
+    assert lc.take(run_task_body("running"), "m-4", "r-4", stopping=True) is Admission.DUPLICATE
+    assert lc.writes() == [("delete", "r-1"), ("delete", "r-3")]
+    lc.end("running", Ending.HANDED_BACK)
+    assert lc.writes() == [
+        (RELEASED, "r-2", 0),
+        (RELEASED, "r-4", 0),
+        ("delete", "r-1"),
+        ("delete", "r-3"),
+    ]
 
 
 def test_only_the_newest_runs_are_remembered() -> None:
@@ -189,18 +221,36 @@ def test_nothing_is_settled_before_the_bus_answers(lc: Lifecycle) -> None:
     assert lc.writes() == [(RELEASED, "r-1", 30)]
 
 
-def test_a_crashed_run_is_released_and_may_run_again(lc: Lifecycle) -> None:
-    lc.take(run_task_body("run-1"), "m-1", "r-1")
-    lc.messages.run_crashed("run-1")
-    assert lc.writes() == [(RELEASED, "r-1", 0)]
+def test_a_run_the_node_failed_to_start_is_reported_and_goes_back_later(lc: Lifecycle) -> None:
+    """Not at zero delay: a failure that repeats must not loop hot."""
+    lc.messages.receive(
+        message(run_task_body("run-1"), "m-1", "r-1", receive_count=3),
+        stopping=False,
+        has_slot=True,
+    )
+    lc.messages.run_crashed("run-1", "OSError: No space left on device")
+    assert lc.writes() == [(RELEASED, "r-1", crash_delay(3))]
+    (event,) = lc.outbox.events
+    assert event.data["error"]["type"] == "NodeError"
+    assert "No space left on device" in event.data["error"]["message"]
+    assert event.data["retryable"] is True
+    assert_event_valid(lc.outbox.bodies[0])
     assert lc.take(run_task_body("run-1"), "m-1", "r-1b") is Admission.START
+
+
+def test_the_crash_delay_grows_and_is_bounded() -> None:
+    delays = [crash_delay(attempt) for attempt in range(1, 20)]
+    assert delays[:4] == [30, 60, 120, 240]
+    assert delays == sorted(delays)
+    assert max(delays) == 900
 
 
 def test_a_crash_after_the_run_reported_its_end_changes_nothing(lc: Lifecycle) -> None:
     lc.take(run_task_body("run-1"), "m-1", "r-1")
     lc.end("run-1", Ending.COMPLETED)
-    lc.messages.run_crashed("run-1")
+    lc.messages.run_crashed("run-1", "late")
     assert lc.writes() == [("delete", "r-1")]
+    assert lc.outbox.events == []
 
 
 # --- at shutdown -------------------------------------------------------------------------

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import uuid
 from typing import Any
 
 import pytest
 
+import claude_code_scheduler
 from claude_code_scheduler.node.process.claude import (
     ResultTracker,
     failure_message,
@@ -91,3 +96,37 @@ def test_main_success(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     assert len(captured.out) == 2000
     assert captured.err == b""
     assert json.loads(captured.out.splitlines()[0])["model"] == "opus"
+
+
+def test_session_ids_are_version_4_uuids() -> None:
+    objects = parsed(session_lines("p", "mock", 2000, 0))
+    session = uuid.UUID(objects[0]["session_id"])
+    assert session.version == 4 and session.variant == uuid.RFC_4122
+    assert str(session) == objects[0]["session_id"]
+    assert re.fullmatch(r"msg_mock_[0-9a-f]{20}", objects[1]["message"]["id"])
+
+
+def modules_after(code: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(done.stdout.split())
+
+
+def test_the_mock_child_imports_only_what_it_uses() -> None:
+    """Every mock run starts one: the package's version lookup
+    (importlib.metadata), typing and uuid would cost it tens of milliseconds."""
+    added = modules_after("import claude_code_scheduler.node.process.mockcli") - modules_after("")
+    assert not added & {"importlib.metadata", "typing", "uuid"}
+
+
+def test_the_version_is_there_when_asked_for() -> None:
+    from claude_code_scheduler import __version__  # noqa: PLC0415
+
+    assert __version__ == claude_code_scheduler.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", __version__)
+    with pytest.raises(AttributeError):
+        _ = claude_code_scheduler.no_such_name

@@ -331,7 +331,9 @@ def test_a_duplicate_of_a_finished_run_is_deleted_not_run(fx: Fixture) -> None:
     fx.node.take(message(run_task_body("run-1"), "m-9", "r-9"))
     assert len(fx.runs()) == 1
     assert fx.calls(("delete", "r-1"), ("delete", "r-9"))
-    assert fx.outbox.types() == ["TaskFailed"], "only the run's own terminal event"
+    terminal, duplicate = fx.outbox.events
+    assert terminal.data["error"]["message"] == "fake", "the run's own terminal event"
+    assert duplicate.data["error"]["type"] == "Duplicate", "and what became of the copy"
 
 
 def test_a_handed_back_run_may_run_again(fx: Fixture) -> None:
@@ -547,3 +549,24 @@ def test_a_duplicate_arriving_as_the_run_ends_is_not_held_forever(
     assert len(fx.runs()) == 1
     assert wait_until(lambda: fx.holding() == set(), timeout=1)
     assert fx.calls(("delete", "r-1"), ("delete", "r-2"))
+
+
+class BrokenRun(FakeRun):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_run_that_cannot_start_is_reported_and_does_not_loop(
+    fx: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_module, "TaskRun", BrokenRun)
+    fx.node.take(message(run_task_body("run-1"), "m-1", "r-1", receive_count=2))
+    (event,) = fx.outbox.events
+    assert event.data["error"]["type"] == "NodeError"
+    assert "No space left on device" in event.data["error"]["message"]
+    assert event.data["retryable"] is True
+    assert fx.calls(("change_visibility", "r-1", 60)), "back after a delay, not at once"
+    assert fx.idle() and fx.beat()["tasks_failed"] == 1
+    monkeypatch.setattr(node_module, "TaskRun", FakeRun)
+    fx.node.take(message(run_task_body("run-2"), "m-2", "r-2"))
+    assert [run.run_id for run in fx.runs()] == ["run-2"], "the node goes on"

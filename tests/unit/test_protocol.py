@@ -388,7 +388,91 @@ AGREEMENT: list[tuple[str, dict[str, Any] | list[Any] | str, bool]] = [
     ("mock-duration-neg", command(mock={"duration_seconds": -0.1}), False),
     ("mock-output-big", command(mock={"output_bytes": 100 * 1024 * 1024 + 1}), False),
     ("mock-not-object", command(mock=1), False),
+    # Text a process can be given: no NUL, no lone surrogate, bounded labels.
+    ("prompt-nul", command(prompt="a\x00b"), False),
+    ("prompt-lone-surrogate", command(prompt="a\ud800b"), False),
+    ("prompt-emoji", command(prompt="😀 \u2028 é"), True),
+    ("prompt-at-the-limit", command(prompt="x" * 131071), True),
+    ("prompt-past-the-limit", command(prompt="x" * 131072), False),
+    ("model-nul", command(model="sonnet\x00"), False),
+    ("model-dash", command(model="-x"), False),
+    ("model-space", command(model="son net"), False),
+    ("model-bedrock", command(model="us.anthropic.claude-sonnet-4-5:0"), True),
+    ("model-1m", command(model="claude-opus-4-1[1m]"), True),
+    ("name-surrogate", command(name="\udcff"), False),
+    ("name-256", command(name="n" * 256, task_id="t" * 256), True),
+    ("name-257", command(name="n" * 257), False),
+    ("task-id-257", command(task_id="t" * 257), False),
+    ("env-value-nul", command(env={"A": "x\x00"}), False),
+    ("env-value-surrogate", command(env={"A": "\ud83d"}), False),
+    ("tools-flag", command(allowed_tools=["Read", "--dangerously-skip-permissions"]), False),
+    ("tools-add-dir", command(disallowed_tools=["--add-dir=/etc"]), False),
+    ("tools-dash", command(allowed_tools=["-p"]), False),
+    (
+        "tools-patterns",
+        command(allowed_tools=["Bash(rm -rf:*)", "mcp__s-1__t_2", "Read(~/x)"]),
+        True,
+    ),
+    ("tools-newline", command(allowed_tools=["Bash(a\nb)"]), False),
 ]
+
+
+def test_the_node_counts_prompt_bytes_where_the_schema_counts_characters() -> None:
+    """131,071 characters of a 3-byte character pass the schema but not the
+    kernel: the node refuses them, saying the limit."""
+    document = command(prompt="€" * 50_000)
+    assert not schema_errors("RunTask", document)
+    with pytest.raises(InvalidCommand, match=r"at most 131071 bytes of UTF-8.*got 150000"):
+        parse_command(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps(command(**{"\ud800" * 3: 1})),
+        json.dumps(command(**{"x" * 120_000: 1})),
+        json.dumps(command(permission_mode="p" * 120_000)),
+        json.dumps({**command(), "type": ["\ud800"] * 50_000}),
+        json.dumps({**command(), "version": "v" * 120_000}),
+        json.dumps(command(model="m" * 120_000)),
+        json.dumps(command(allowed_tools=["-" + "x" * 120_000])),
+        json.dumps(command(env={"-" + "A" * 5000: "v"})),
+        '{"type": "RunTask", "version": ' + "9" * 5000 + "}",
+        '{"type": "RunTask", "version": NaN}',
+        "[" * 100_000,
+    ],
+    ids=[
+        "surrogate-field",
+        "huge-field-name",
+        "huge-permission-mode",
+        "huge-type",
+        "huge-version",
+        "huge-model",
+        "huge-tool",
+        "huge-env-name",
+        "thousands-of-digits",
+        "nan",
+        "deep-nesting",
+    ],
+)
+def test_every_refusal_is_short_and_publishable(body: str) -> None:
+    """What InvalidCommand quotes of a command is bounded and escaped: the
+    TaskFailed that carries it always fits SNS and encodes as UTF-8."""
+    with pytest.raises(InvalidCommand) as info:
+        parse_command(body)
+    message = str(info.value)
+    assert len(message) <= 300, message[:400]
+    message.encode("utf-8")  # no lone surrogate
+    event = task_failed(info.value.run_id, ErrorType.INVALID_COMMAND, message)
+    assert len(encode_event(event.body("n", "n", 1)).encode()) < 2048
+
+
+def test_an_env_value_is_never_quoted() -> None:
+    for value in ("secret\x00", "secret\ud800", "s" * 140_000):
+        with pytest.raises(InvalidCommand) as info:
+            parse_command(json.dumps(command(env={"TOKEN": value})))
+        assert "task.env['TOKEN']" in str(info.value)
+        assert "secret" not in str(info.value) and "sss" not in str(info.value)
 
 
 def parser_accepts(document: Any) -> bool:

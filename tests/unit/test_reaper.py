@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import wait_until
 
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.reaper import RUN_MARKER
@@ -60,6 +61,24 @@ def test_run_processes_are_the_marked_ones_and_their_descendants() -> None:
         assert other.poll() is None and unmarked.poll() is None, "only run-a's were killed"
     finally:
         for p in (parent, other, unmarked):
+            p.kill()
+            p.wait()
+
+
+def test_two_attempts_of_one_run_never_kill_each_other() -> None:
+    """Two nodes on one host (or a partition) running the same run: the end of
+    one attempt must leave the other's processes alone."""
+    first, second = reaper.new_marker("run-a"), reaper.new_marker("run-a")
+    assert first != second and first.startswith("run-a/")
+    mine = start_sleeper({**os.environ, RUN_MARKER: first})
+    theirs = start_sleeper({**os.environ, RUN_MARKER: second})
+    try:
+        assert wait_until(lambda: reaper.run_processes(first) == {mine.pid}, timeout=10)
+        assert reaper.kill_run(first) == 1
+        assert mine.wait(10) == -9
+        assert theirs.poll() is None, "the other attempt's process lives"
+    finally:
+        for p in (mine, theirs):
             p.kill()
             p.wait()
 
@@ -153,3 +172,96 @@ def test_the_table_reader_copes_with_odd_command_names(tmp_path: Path) -> None:
     (proc / "10" / "environ").write_bytes(f"A=1\0{RUN_MARKER}=r\0".encode())
     (proc / "11" / "environ").write_bytes(b"")
     assert reaper.run_processes("r", proc) == {10}, "a zombie is dead already"
+
+
+ONE_READ_SCRIPT = """
+import json, os, subprocess, sys, time
+from claude_code_scheduler.node.process import reaper
+from claude_code_scheduler.node.process.reaper import RUN_MARKER
+
+assert reaper.become_subreaper()
+reads = []
+read_table = reaper._read_table
+reaper._read_table = lambda proc: (reads.append(proc), read_table(proc))[1]
+
+def start(code, marker):
+    with reaper.spawning() as own:
+        child = subprocess.Popen(
+            [sys.executable, "-c", code], env={**os.environ, RUN_MARKER: marker},
+            stdout=subprocess.PIPE,
+        )
+        own.add(child.pid)
+    return child
+
+report = {}
+# A run whose CLI exits cleanly: the supervisor's clean-up at its exit, then
+# the worker's once no run is active.
+cli = start("pass", "run-a/1")
+cli.wait()
+report["run_killed"] = reaper.kill_run("run-a/1")
+reaper.forget(cli.pid)
+report["orphans_killed"] = reaper.kill_orphans()
+report["reads_per_run"] = len(reads)
+
+# A run whose CLI leaves an orphan behind, with the marker cleared: the
+# worker's clean-up reads /proc again, and finds it.
+orphaning = (
+    "import subprocess as s, sys; "
+    "p = s.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], "
+    "start_new_session=True, env={}, stdout=s.DEVNULL, stderr=s.DEVNULL); "
+    "print(p.pid)"
+)
+cli = start(orphaning, "run-b/1")
+orphan = int(cli.stdout.read())
+cli.wait()
+reads.clear()
+report["run_b_killed"] = reaper.kill_run("run-b/1")
+reaper.forget(cli.pid)
+report["orphan_killed"] = reaper.kill_orphans()
+report["reads_run_b"] = len(reads)
+report["orphan_gone"] = not os.path.exists(f"/proc/{orphan}")
+
+# Under a subreaper only its own descendants are looked at: a marked process
+# of another tree (another node on the host) is not this node's.
+report["outsider"] = sorted(reaper.run_processes(sys.argv[1]))
+insider = start("import time; time.sleep(300)", sys.argv[1])
+time.sleep(0.3)
+report["insider"] = sorted(reaper.run_processes(sys.argv[1])) == [insider.pid]
+insider.kill()
+insider.wait()
+reaper.forget(insider.pid)
+print(json.dumps(report))
+"""
+
+
+def test_proc_is_read_only_when_a_run_can_have_left_something_and_only_below_the_node() -> None:
+    marker = reaper.new_marker("run-outside")
+    outsider = start_sleeper({**os.environ, RUN_MARKER: marker})
+    try:
+        assert wait_until(lambda: reaper.run_processes(marker) == {outsider.pid}, timeout=10)
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(ONE_READ_SCRIPT), marker],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert outsider.poll() is None, "another tree's process was left alone"
+    finally:
+        outsider.kill()
+        outsider.wait()
+    report = json.loads(done.stdout)
+    assert report == {
+        "run_killed": 0,
+        "orphans_killed": 0,
+        # A subreaper without a child has no descendant: a run that left
+        # nothing behind costs no read of /proc at all.
+        "reads_per_run": 0,
+        "run_b_killed": 0,  # the orphan shed the marker
+        "orphan_killed": 1,
+        "reads_run_b": 3,  # the run's; the worker's, and its look that the orphan is gone
+        "orphan_gone": True,
+        "outsider": [],
+        "insider": True,
+    }

@@ -8,6 +8,8 @@ deleted or released.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from unit_support import (
     message,
 )
 
+from claude_code_scheduler import logsetup
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending, MessageAction, MessageLifecycle
 from claude_code_scheduler.node.outbox import Delivery
@@ -82,6 +85,12 @@ class Harness:
         self.config = make_config(tmp_path, **config)
 
     def run(self, mock: MockSpec = QUICK, **task: Any) -> RunOutcome:
+        return self.run_with_environ(None, mock=mock, **task)
+
+    def run_with_environ(
+        self, environ: dict[str, str] | None, mock: MockSpec = QUICK, **task: Any
+    ) -> RunOutcome:
+        """Runs run-1 with `environ` as the node's environment (None: the real one)."""
         command = RunTask("run-1", TaskSpec(prompt="hi", mock=mock, **task))
         received = self.messages.receive(
             message(command.to_json(), "m-1", "r-1"), stopping=False, has_slot=True
@@ -95,6 +104,7 @@ class Harness:
             logs=self.logs,
             messages=self.messages,
             control=self.control,
+            environ=environ,
         )
         outcome = run.execute()
         self.leases.tick()  # the keeper makes the write the lifecycle decided
@@ -224,3 +234,47 @@ def test_a_cli_that_cannot_start_is_a_node_error(tmp_path: Path) -> None:
     assert data["error"]["message"].startswith("could not start the run: ")
     assert data["exit_code"] is None
     harness.assert_ordered(LOG, "publish TaskFailed", "delete r-1")
+
+
+LEAKY_CLI = """#!/usr/bin/env python3
+import json, os, sys
+secret = os.environ["DB_PASSWORD"]
+print(json.dumps({"type": "result", "is_error": True, "result": "token " + secret}))
+sys.stderr.write("key " + os.environ.get("NODE_KEY", "") + "\\n")
+sys.exit(1)
+"""
+
+
+def test_a_failure_message_never_carries_the_secrets_the_node_knows(tmp_path: Path) -> None:
+    """The CLI's own words may quote the task's env or the node's key; the bus
+    must not (the attack: without redaction the event carries both)."""
+    cli = tmp_path / "leaky-claude"
+    cli.write_text(LEAKY_CLI)
+    cli.chmod(0o755)
+    harness = Harness(tmp_path, mock_mode=False, claude_bin=str(cli))
+    logsetup.SECRETS.add_node_secrets(["node-key-0123456789"])
+    try:
+        outcome = harness.run_with_environ(
+            {**os.environ, "NODE_KEY": "node-key-0123456789"},
+            env={"DB_PASSWORD": "task-secret-abcdef"},
+        )
+    finally:
+        logsetup.SECRETS.remove_node_secrets(["node-key-0123456789"])
+    assert outcome.event.data["error"]["message"] == "token ***"
+    terminal = json.dumps(harness.outbox.bodies[-1])
+    assert "task-secret-abcdef" not in terminal
+    assert "node-key-0123456789" not in terminal
+
+
+def test_a_completed_runs_result_text_is_redacted_too(tmp_path: Path) -> None:
+    cli = tmp_path / "echo-claude"
+    cli.write_text(
+        "#!/usr/bin/env python3\nimport json, os\n"
+        'print(json.dumps({"type": "result", "is_error": False, '
+        '"result": "done with " + os.environ["DB_PASSWORD"]}))\n'
+    )
+    cli.chmod(0o755)
+    harness = Harness(tmp_path, mock_mode=False, claude_bin=str(cli))
+    outcome = harness.run(env={"DB_PASSWORD": "task-secret-abcdef"})
+    assert outcome.ending is Ending.COMPLETED
+    assert outcome.event.data["result"]["text"] == "done with ***"

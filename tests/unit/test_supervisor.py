@@ -49,7 +49,7 @@ class Harness:
         timeout: float = 20.0,
         kill_grace: float = 0.5,
         env: dict[str, str] | None = None,
-        run_id: str | None = None,
+        run_marker: str | None = None,
     ) -> ProcessResult:
         """Runs argv; the Claude result line it printed, if any, is in `result`."""
         tracker = ResultTracker()
@@ -62,7 +62,7 @@ class Harness:
             kill_grace=kill_grace,
             cancel=self.cancel,
             stdout_reader=tracker,
-            run_id=run_id,
+            run_marker=run_marker,
         ).run()
         self.result = tracker.result
         return ended
@@ -127,6 +127,45 @@ def test_normal_exit_records_output_in_order(harness: Harness) -> None:
     assert [s for s, _ in harness.chunks] == ["stdout", "stderr", "stdout"]
 
 
+def test_a_slow_bus_after_the_cli_exited_loses_no_output(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pipes' drain bound counts idle pipes, not time spent handing output
+    on: with a bus that takes 0.2 s a chunk, the CLI is long gone before its
+    output is all out, and every byte still reaches the log."""
+
+    def slow_bus(stream: str, text: str) -> None:
+        time.sleep(0.2)
+        harness.chunks.append((stream, text))
+
+    harness.recorder = OutputRecorder(harness.log, OutputBatcher(slow_bus))
+    lines = 20  # each switch of stream ends a chunk: 40 chunks, 8 s of bus
+    run = harness.run(
+        python(
+            f"""
+            import sys, time
+            for i in range({lines}):
+                print("out", i, flush=True)
+                time.sleep(0.02)
+                print("err", i, file=sys.stderr, flush=True)
+                time.sleep(0.02)
+            """
+        )
+    )
+    assert run.exit_code == 0
+    by_stream = {
+        name: "".join(text for stream, text in harness.chunks if stream == name)
+        for name in ("stdout", "stderr")
+    }
+    assert by_stream == {
+        "stdout": "".join(f"out {i}\n" for i in range(lines)),
+        "stderr": "".join(f"err {i}\n" for i in range(lines)),
+    }
+    assert len(harness.chunks) > 10, "the bus was slow for longer than the drain bound"
+    assert harness.log.getvalue() == harness.text().encode()
+    assert "holds its output open" not in caplog.text
+
+
 def test_stdin_is_dev_null(harness: Harness) -> None:
     run = harness.run(python("import sys; print(len(sys.stdin.read()))"), timeout=10)
     assert run.exit_code == 0
@@ -180,6 +219,25 @@ def test_a_cli_that_closes_its_output_is_still_held_to_its_deadline(harness: Har
     assert run.timed_out
     assert run.exit_code is not None and run.exit_code < 0
     assert time.monotonic() - started < 20
+
+
+def test_the_run_ends_when_the_process_exits_after_closing_its_output(harness: Harness) -> None:
+    """Once both pipes are at end of file nothing more can arrive on them: the
+    run waits on the process, not for the next tick of its output queue."""
+    code = """
+        import os, time
+        os.close(1)
+        os.close(2)
+        time.sleep(0.02)
+        open("exited", "w").write(repr(time.time()))
+        """
+    lags = []
+    for _ in range(3):
+        run = harness.run(python(code))
+        returned = time.time()
+        assert run.exit_code == 0
+        lags.append(returned - float((harness.cwd / "exited").read_text()))
+    assert min(lags) < 0.1, f"the run ended {min(lags):.3f} s after the process"
 
 
 def test_cancel_terminates_the_run(harness: Harness) -> None:
@@ -247,7 +305,7 @@ def test_a_process_in_a_session_of_its_own_outlives_the_group_kill(harness: Harn
 
 def test_the_runs_marker_finds_a_process_in_a_session_of_its_own(harness: Harness) -> None:
     env = {**os.environ, RUN_MARKER: "run-escapee"}
-    run = harness.run(python(ESCAPEE), env=env, run_id="run-escapee")
+    run = harness.run(python(ESCAPEE), env=env, run_marker="run-escapee")
     assert run.exit_code == 0
     assert (harness.cwd / "alive").exists(), "the escapee was running"
     assert wait_gone(int(harness.text().strip()))

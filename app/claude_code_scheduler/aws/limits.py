@@ -8,5 +8,9 @@ MAX_POLL_WAIT_SECONDS = 20
 MAX_RECEIVE_BATCH = 10
 # SNS Publish: body and attributes together at most 256 KiB (262,144 bytes).
 SNS_MAX_MESSAGE_BYTES = 256 * 1024
+# SNS PublishBatch: at most 10 entries, and all their bodies and attributes
+# together at most what one Publish may carry. It needs sns:Publish, like Publish.
+SNS_MAX_BATCH_ENTRIES = 10
+SNS_MAX_BATCH_BYTES = SNS_MAX_MESSAGE_BYTES
 # ECS task scale-in protection: ExpiresInMinutes is 1 to 2880 (48 hours).
 ECS_MAX_PROTECTION_MINUTES = 2880

@@ -1,7 +1,9 @@
-"""Run logs in S3, through boto3's managed transfer. No logic here."""
+"""Run logs in S3: one PutObject for a small log, boto3's managed transfer
+(multipart) for a large one. No logic here."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -10,9 +12,15 @@ from boto3.s3.transfer import TransferConfig
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-# Above this size an upload goes multipart, in parts of this size, so a large
-# log streams from disk instead of being read into memory.
+# From this size on an upload goes multipart, in parts of this size, so a large
+# log streams from disk instead of being read into memory. Below it, one
+# PutObject streamed from the file: the managed transfer would make the same
+# single call, after setting up a transfer manager and its threads for it.
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
+# Parts in flight at once: each holds a buffer and a thread of its own, and
+# two already keep a log upload well ahead of what a run writes.
+MULTIPART_CONCURRENCY = 2
+CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
 class LogUploader(Protocol):
@@ -28,15 +36,22 @@ class LogStore:
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_THRESHOLD,
+            max_concurrency=MULTIPART_CONCURRENCY,
             use_threads=True,
         )
 
     def upload(self, path: Path, key: str) -> None:
         """Streams from disk, multipart when large."""
+        with path.open("rb") as body:
+            if os.fstat(body.fileno()).st_size < MULTIPART_THRESHOLD:
+                self._s3.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType=CONTENT_TYPE
+                )
+                return
         self._s3.upload_file(
             str(path),
             self.bucket,
             key,
-            ExtraArgs={"ContentType": "text/plain; charset=utf-8"},
+            ExtraArgs={"ContentType": CONTENT_TYPE},
             Config=self._transfer,
         )

@@ -62,9 +62,15 @@ REQUIRED = {
 
 
 @click.command()
-@click.option("--queue-url", envvar=REQUIRED["queue_url"], help="SQS queue to take tasks from.")
-@click.option("--topic-arn", envvar=REQUIRED["topic_arn"], help="SNS control bus for events.")
-@click.option("--log-bucket", envvar=REQUIRED["log_bucket"], help="S3 bucket for run logs.")
+@click.option(
+    "--queue-url", envvar=REQUIRED["queue_url"], help="SQS queue to take tasks from. Required."
+)
+@click.option(
+    "--topic-arn", envvar=REQUIRED["topic_arn"], help="SNS control bus for events. Required."
+)
+@click.option(
+    "--log-bucket", envvar=REQUIRED["log_bucket"], help="S3 bucket for run logs. Required."
+)
 @click.option(
     "--node-id",
     envvar="CLAUDE_NODE_ID",
@@ -72,7 +78,11 @@ REQUIRED = {
 )
 @click.option("--node-name", envvar="CLAUDE_NODE_NAME", help="Display name. Default: the id.")
 @click.option("--profile", envvar="AWS_PROFILE", help="AWS profile for credentials.")
-@click.option("--region", envvar="AWS_REGION", help="AWS region. Default: the queue URL's region.")
+@click.option(
+    "--region",
+    envvar="AWS_REGION",
+    help="AWS region. Default: the queue URL's region, else the topic ARN's.",
+)
 @click.option(
     "--endpoint-url",
     envvar="AWS_ENDPOINT_URL",
@@ -115,6 +125,15 @@ REQUIRED = {
     default=default("shutdown_timeout"),
     show_default=True,
     help="Seconds runs may go on after SIGTERM before they are handed back.",
+)
+@click.option(
+    "--startup-timeout",
+    envvar="CLAUDE_NODE_STARTUP_TIMEOUT",
+    type=float,
+    default=default("startup_timeout"),
+    show_default=True,
+    help="Seconds to keep trying to reach the queue at start-up (connection refused, "
+    "timeouts) before exiting 2. 0: try once.",
 )
 @click.option(
     "--poll-wait-seconds",
@@ -206,6 +225,7 @@ def build_config(options: dict[str, Any], ecs_task: EcsTask | None) -> NodeConfi
         max_concurrent_tasks=options["max_concurrent_tasks"],
         task_timeout=options["task_timeout"],
         shutdown_timeout=options["shutdown_timeout"],
+        startup_timeout=options["startup_timeout"],
         poll_wait_seconds=options["poll_wait_seconds"],
         claude_bin=options["claude_bin"],
         work_dir=options.get("work_dir") or default_work_dir(),

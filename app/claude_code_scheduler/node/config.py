@@ -47,6 +47,9 @@ class NodeConfig:
     max_concurrent_tasks: int = 1
     task_timeout: float = 3600.0
     shutdown_timeout: float = 25.0
+    # Seconds start-up keeps trying to reach the queue (a refused connection,
+    # a timeout) before it exits 2; an emulator or a network may come up late.
+    startup_timeout: float = 60.0
     poll_wait_seconds: int = MAX_POLL_WAIT_SECONDS
     claude_bin: str = "claude"
     work_dir: Path = field(default_factory=default_work_dir)
@@ -72,6 +75,7 @@ class NodeConfig:
                 "seconds (SQS keeps a message invisible for 12 hours at most)",
             ),
             (self.shutdown_timeout >= 0, "--shutdown-timeout: must not be negative"),
+            (self.startup_timeout >= 0, "--startup-timeout: must not be negative"),
             (
                 1 <= self.poll_wait_seconds <= MAX_POLL_WAIT_SECONDS,
                 f"--poll-wait-seconds: must be from 1 to {MAX_POLL_WAIT_SECONDS} (the SQS limit)",

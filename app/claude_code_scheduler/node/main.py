@@ -15,13 +15,13 @@ import time
 from types import FrameType
 
 from claude_code_scheduler import __version__
-from claude_code_scheduler.aws.clients import make_clients
+from claude_code_scheduler.aws.clients import make_node_clients
 from claude_code_scheduler.aws.logstore import LogStore
 from claude_code_scheduler.aws.protection import TaskProtection
 from claude_code_scheduler.aws.queue import QueueClient
 from claude_code_scheduler.aws.topic import BusClient
 from claude_code_scheduler.node.config import MAX_TASK_TIMEOUT_SECONDS, NodeConfig
-from claude_code_scheduler.node.leases import LeaseKeeper
+from claude_code_scheduler.node.leases import LeaseKeeper, lease_threads
 from claude_code_scheduler.node.outbox import Outbox
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.startup import check_claude, check_queue, real_mode_warnings
@@ -38,11 +38,18 @@ def run_node(config: NodeConfig, ecs_task: EcsTask | None) -> int:
         log.info("claude CLI %s at %s", claude_version, path)
         for warning in real_mode_warnings(config, os.environ, os.geteuid()):
             log.warning(warning)
-    clients = make_clients(
-        region=config.region, profile=config.profile, endpoint_url=config.endpoint_url
+    threads = lease_threads(config.max_concurrent_tasks)
+    clients = make_node_clients(
+        region=config.region,
+        profile=config.profile,
+        endpoint_url=config.endpoint_url,
+        lease_connections=threads,
     )
+    # Two views of the one queue: the poller's long polls, and the short calls
+    # of the lease keeper and the start-up check, each with its own bounds.
     queue = QueueClient(clients.sqs, config.queue.url)
-    visibility_timeout = check_queue(queue)
+    lease_queue = QueueClient(clients.sqs_leases, config.queue.url)
+    visibility_timeout = check_queue(lease_queue, config.startup_timeout)
     log.info("queue reachable; visibility timeout %ds", visibility_timeout)
     outbox = Outbox(
         BusClient(clients.sns, config.topic.arn, fifo=config.topic.is_fifo),
@@ -54,7 +61,7 @@ def run_node(config: NodeConfig, ecs_task: EcsTask | None) -> int:
         queue=queue,
         outbox=outbox,
         logs=LogStore(clients.s3, config.log_bucket),
-        leases=LeaseKeeper(queue, visibility_timeout),
+        leases=LeaseKeeper(lease_queue, visibility_timeout, threads=threads),
         # A task may ask for up to the SQS maximum, whatever --task-timeout says.
         protection=TaskProtection.from_environment(os.environ, MAX_TASK_TIMEOUT_SECONDS),
         registration=registration(config, claude_version=claude_version, ecs_task=ecs_task),

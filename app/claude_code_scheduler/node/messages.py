@@ -5,16 +5,17 @@ deleted (done with: it never runs again) or released (visible again at once,
 for any node). The lease keeper carries the decisions out; the poller, the
 runs and the shutdown only ask.
 
-When a message is received:
+When a message is received, the first row that applies:
 
   | case                                    | decision                              |
   |-----------------------------------------|---------------------------------------|
   | not a valid command                     | hold; publish TaskFailed              |
   |                                         | InvalidCommand; delete once the bus   |
   |                                         | took it, else release                 |
-  | the node is stopping                    | release                               |
   | its run is running or ending here       | hold with the run: settled with it    |
-  | its run ended here and was deleted      | delete (a duplicate delivery)         |
+  | its run ended here and was deleted      | delete, and publish TaskFailed        |
+  |                                         | Duplicate (a resend is never silent)  |
+  | the node is stopping                    | release                               |
   | no free run slot                        | release                               |
   | otherwise                               | hold, and start the run               |
 
@@ -25,7 +26,10 @@ When a run has ended, once its terminal event's delivery is known:
   | completed or failed, event delivered    | delete, and remember the run          |
   | completed or failed, event not delivered| release: run again rather than lost   |
   | handed back (stopped by a shutdown)     | release                               |
-  | the run crashed                         | release                               |
+  | the node failed before the run started  | publish TaskFailed NodeError          |
+  |                                         | (retryable); release after a delay    |
+  |                                         | that grows with each attempt, so it   |
+  |                                         | never loops hot (crash_delay)         |
 
 At shutdown (`close`): everything still held is released.
 
@@ -52,6 +56,16 @@ log = logging.getLogger(__name__)
 
 # Runs remembered after their message was deleted.
 REMEMBERED_RUNS = 1024
+# How long a run the node failed to start stays hidden before another try.
+CRASH_DELAY_FIRST_SECONDS = 30
+CRASH_DELAY_MAX_SECONDS = 900
+
+
+def crash_delay(attempt: int) -> int:
+    """Seconds before a run the node failed to start is visible again: 30 s,
+    doubling with each attempt, at most 15 minutes."""
+    doublings = max(0, min(attempt - 1, 10))
+    return min(CRASH_DELAY_MAX_SECONDS, CRASH_DELAY_FIRST_SECONDS << doublings)
 
 
 class Admission(StrEnum):
@@ -94,6 +108,7 @@ class Received:
 
 @dataclass
 class _Run:
+    attempt: int
     message_ids: set[str] = field(default_factory=set)
     ending: bool = False  # its terminal event is on its way
 
@@ -110,7 +125,7 @@ class MessageLifecycle:
         self._remembered = remembered
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._finished: OrderedDict[str, Ending] = OrderedDict()
 
     # --- received ----------------------------------------------------------------
 
@@ -127,22 +142,35 @@ class MessageLifecycle:
         run_id = command.run_id
         with self._lock:
             self._leases.hold(message)
-            if stopping:
-                admission = Admission.STOPPING
-            elif run_id in self._runs:
+            # Duplicates first, stopping or not: released, a duplicate would
+            # run a second time on another node.
+            if run_id in self._runs:
                 self._runs[run_id].message_ids.add(message.message_id)
                 admission = Admission.DUPLICATE
             elif run_id in self._finished:
                 admission = Admission.FINISHED
+                ended = self._finished[run_id]
+            elif stopping:
+                admission = Admission.STOPPING
             elif not has_slot:
                 admission = Admission.NO_SLOT
             else:
-                self._runs[run_id] = _Run({message.message_id})
+                self._runs[run_id] = _Run(message.receive_count, {message.message_id})
                 admission = Admission.START
         if admission is not Admission.START:
             log.info(_SAID[admission], extra=_context(message, run_id))
         if admission is Admission.FINISHED:
+            # Deleted whether or not the bus takes the report: released, the
+            # copy would run again on a node that does not remember the run.
             self._leases.delete([message.message_id])
+            self._publish(
+                task_failed(
+                    run_id,
+                    ErrorType.DUPLICATE,
+                    f"run {run_id} already ended on this node ({ended.value}); "
+                    "this copy was deleted without running",
+                )
+            )
         elif admission in (Admission.STOPPING, Admission.NO_SLOT):
             self._leases.release([message.message_id])
         started = admission is Admission.START
@@ -171,12 +199,20 @@ class MessageLifecycle:
             run.ending = True
         delivery.when_settled(lambda delivered: self._settle(run_id, ending, delivered))
 
-    def run_crashed(self, run_id: str) -> None:
+    def run_crashed(self, run_id: str, reason: str) -> None:
+        """The node failed before the run could report an ending (a bug, or
+        this node's environment): say so, and let it be tried again later."""
         with self._lock:
-            run = self._runs.get(run_id)
+            run = self._runs.pop(run_id, None)
             if run is None or run.ending:
+                if run is not None:
+                    self._runs[run_id] = run
                 return
-        self._settle(run_id, Ending.HANDED_BACK, delivered=False)
+        delay = crash_delay(run.attempt)
+        message = f"the node failed to run this command: {reason}; it goes back in {delay} s"
+        self._publish(task_failed(run_id, ErrorType.NODE_ERROR, message, retryable=True))
+        log.error("run crashed; released in %d s", delay, extra={"run_id": run_id})
+        self._leases.release(run.message_ids, after=delay)
 
     def _settle(self, run_id: str, ending: Ending, delivered: bool) -> None:
         action = action_after_run(ending, delivered=delivered)
@@ -185,15 +221,15 @@ class MessageLifecycle:
             if run is None:
                 return
             if action is MessageAction.DELETE:
-                self._remember(run_id)
+                self._remember(run_id, ending)
         log.info("run settled: %s", action.value, extra={"run_id": run_id})
         if action is MessageAction.DELETE:
             self._leases.delete(run.message_ids)
         else:
             self._leases.release(run.message_ids)
 
-    def _remember(self, run_id: str) -> None:
-        self._finished[run_id] = None
+    def _remember(self, run_id: str, ending: Ending) -> None:
+        self._finished[run_id] = ending
         self._finished.move_to_end(run_id)
         while len(self._finished) > self._remembered:
             self._finished.popitem(last=False)
@@ -213,7 +249,7 @@ _SAID = {
     Admission.STOPPING: "stopping: released a message for other nodes",
     Admission.NO_SLOT: "no free slot: released a message for other nodes",
     Admission.DUPLICATE: "duplicate delivery of a run here; held with it",
-    Admission.FINISHED: "duplicate delivery of a finished run; deleting",
+    Admission.FINISHED: "duplicate delivery of a finished run; deleting, and saying so",
 }
 
 

@@ -8,6 +8,7 @@ node shutdown is handed back to the queue instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -26,6 +27,7 @@ from claude_code_scheduler.node.config import NodeConfig, log_key
 from claude_code_scheduler.node.messages import Ending, MessageAction, action_after_run
 from claude_code_scheduler.node.outbox import Delivery, EventSink
 from claude_code_scheduler.node.output import OutputBatcher, OutputRecorder, open_spool
+from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.claude import (
     ResultTracker,
     claude_argv,
@@ -40,6 +42,7 @@ from claude_code_scheduler.protocol import RunTask
 from claude_code_scheduler.protocol.events import (
     ErrorType,
     Event,
+    TaskResult,
     task_completed,
     task_failed,
     task_output,
@@ -124,15 +127,15 @@ class TaskRun:
                 started_at=time.time(),
             )
         )
-        logsetup.SECRETS.add(task.env.values())
         self._deadline = self._clock() + self._timeout
         spool = self._config.work_dir / ".logs" / f"{self.run_id}-{uuid.uuid4().hex[:8]}.log"
-        try:
-            process, result_line = self._run_process(spool)
-            outcome = self._conclude(process, result_line, spool)
-        finally:
-            spool.unlink(missing_ok=True)
-        self._report(outcome, process)
+        with logsetup.SECRETS.for_run(self.run_id, task.env.values()):
+            try:
+                process, result_line = self._run_process(spool)
+                outcome = self._conclude(process, result_line, spool)
+            finally:
+                spool.unlink(missing_ok=True)
+            self._report(outcome, process)
         return outcome
 
     def _run_process(self, spool: Path) -> tuple[ProcessResult, dict[str, Any] | None]:
@@ -143,10 +146,11 @@ class TaskRun:
             if self._config.mock_mode
             else claude_argv(self._config.claude_bin, task)
         )
+        marker = reaper.new_marker(self.run_id)
         env = child_environment(
             self._environ,
             task.env,
-            run_id=self.run_id,
+            run_marker=marker,
             dirs=dirs,
             keep_aws_credentials=self._config.pass_aws_credentials,
             claude_max_retries=self._config.claude_max_retries,
@@ -164,7 +168,7 @@ class TaskRun:
                     kill_grace=self._config.kill_grace,
                     cancel=self._control.cancel,
                     stdout_reader=tracker,
-                    run_id=self.run_id,
+                    run_marker=marker,
                     clock=self._clock,
                 )
                 return process.run(), tracker.result
@@ -198,7 +202,7 @@ class TaskRun:
             event = task_failed(
                 self.run_id,
                 error_type,
-                message,
+                self._redact(message),
                 exit_code=process.exit_code,
                 duration_seconds=process.duration_seconds,
                 log_uri=log_uri,
@@ -229,10 +233,20 @@ class TaskRun:
                 duration_seconds=process.duration_seconds,
                 log_uri=log_uri,
                 output_bytes=process.output_bytes,
-                result=summarize_result(result_line),
+                result=self._redact_result(summarize_result(result_line)),
             )
             return RunOutcome(Ending.COMPLETED, event)
         return failed(ErrorType.CLAUDE_ERROR, failure_message(process, result_line))
+
+    def _redact(self, text: str) -> str:
+        """What the run said, without the secrets the node knows (the CLI's
+        words can quote the task's env or the node's API key)."""
+        return logsetup.SECRETS.redact(text, self.run_id)
+
+    def _redact_result(self, result: TaskResult | None) -> TaskResult | None:
+        if result is None or result.text is None:
+            return result
+        return dataclasses.replace(result, text=self._redact(result.text))
 
     def _report(self, outcome: RunOutcome, process: ProcessResult) -> None:
         """Publish the terminal event, hand its delivery to the lifecycle, and

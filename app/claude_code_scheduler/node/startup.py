@@ -7,33 +7,99 @@ print one line and exit 2 instead of a traceback.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import botocore.exceptions
 import tenacity
 
-from claude_code_scheduler.aws.errors import explain, is_transient
+from claude_code_scheduler.aws.errors import describe_error, explain, is_transient
 from claude_code_scheduler.aws.queue import MessageQueue
 from claude_code_scheduler.errors import ConfigError
 from claude_code_scheduler.node.config import NodeConfig
+from claude_code_scheduler.node.leases import LEASE_CALL_SECONDS, MIN_VISIBILITY_SECONDS
+
+log = logging.getLogger(__name__)
 
 CLI_VERSION_TIMEOUT_SECONDS = 30
+# Backoff between tries to reach the queue: 0.5 s doubling to 5 s, plus up to
+# 0.5 s of jitter so that a fleet restarting together does not call in step.
+STARTUP_BACKOFF_FIRST = 0.5
+STARTUP_BACKOFF_CAP = 5.0
+STARTUP_BACKOFF_JITTER = 0.5
 
 
-def check_queue(queue: MessageQueue, attempts: int = 3) -> int:
-    """GetQueueAttributes, retried through a short outage; returns the queue's
-    visibility timeout, which sizes the lease steps."""
+def startup_wait(timeout: float) -> Callable[[tenacity.RetryCallState], float]:
+    """The pause before the next try to reach the queue: the backoff, cut
+    short so that the last try is made when `timeout` is up, not after."""
+    backoff = tenacity.wait_exponential_jitter(
+        multiplier=STARTUP_BACKOFF_FIRST, max=STARTUP_BACKOFF_CAP, jitter=STARTUP_BACKOFF_JITTER
+    )
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        left = timeout - (state.seconds_since_start or 0.0)
+        return max(0.0, min(backoff(state), left))
+
+    return wait
+
+
+def check_queue(
+    queue: MessageQueue, timeout: float, *, sleep: Callable[[float], None] = time.sleep
+) -> int:
+    """GetQueueAttributes; returns the queue's visibility timeout, which sizes
+    the lease steps, once it is known to be large enough for them.
+
+    A transient failure (the endpoint refuses, or does not answer, or SQS
+    throttles) is retried for `timeout` seconds (--startup-timeout), each one
+    logged; the last try starts by then and takes at most one call's bound. A
+    missing queue or a denied permission fails at once. (A plain sleep between
+    tries: the signal handlers are not installed yet, so SIGTERM ends the
+    process at once.)"""
+    tries = 0
+    started = time.monotonic()
+
+    def visibility_timeout() -> int:
+        nonlocal tries
+        tries += 1
+        return queue.visibility_timeout()
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "the queue is not reachable (%s); trying again in %.1fs (try %d, giving up "
+            "after %gs, --startup-timeout)",
+            describe_error(exc) if exc else "?",
+            state.upcoming_sleep,
+            state.attempt_number,
+            timeout,
+        )
+
     try:
         visibility: int = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_transient),
-            wait=tenacity.wait_exponential(multiplier=0.5, max=2),
-            stop=tenacity.stop_after_attempt(attempts),
+            wait=startup_wait(timeout),
+            stop=tenacity.stop_after_delay(timeout),
+            sleep=sleep,
+            before_sleep=log_retry,
             reraise=True,
-        )(queue.visibility_timeout)
+        )(visibility_timeout)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise explain(exc, "--queue-url", f"the queue {queue.url}") from None
+        error = explain(exc, "--queue-url", f"the queue {queue.url}")
+        if not is_transient(exc):
+            raise error from None
+        raise ConfigError(
+            f"{error} (gave up after {time.monotonic() - started:.0f}s and "
+            f"{tries} {'try' if tries == 1 else 'tries'}, --startup-timeout {timeout:g})"
+        ) from None
+    if visibility < MIN_VISIBILITY_SECONDS:
+        raise ConfigError(
+            f"--queue-url: the queue's VisibilityTimeout is {visibility}s, below the "
+            f"{MIN_VISIBILITY_SECONDS}s the node needs (a lease renewal may hang for "
+            f"{LEASE_CALL_SECONDS:g}s and must still be retried within one timeout)"
+        )
     return visibility
 
 

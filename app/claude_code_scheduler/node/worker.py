@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from claude_code_scheduler.aws.errors import error_code
+from claude_code_scheduler.aws.errors import describe_error, error_code
 from claude_code_scheduler.aws.logstore import LogUploader
 from claude_code_scheduler.aws.protection import TaskProtection
 from claude_code_scheduler.aws.queue import MessageQueue, ReceivedMessage
@@ -207,7 +207,13 @@ class Node:
                 self._stop.wait(receive_backoff(failures))
                 continue
             for message in messages:
-                self.take(message)
+                try:
+                    self.take(message)
+                except Exception:
+                    # The loop's edge: a bad message never stops the poller.
+                    log.exception(
+                        "could not take a message", extra={"message_id": message.message_id}
+                    )
 
     def take(self, message: ReceivedMessage) -> None:
         """One received message: the lifecycle decides, the node starts the run."""
@@ -218,7 +224,13 @@ class Node:
             with self._lock:
                 self._stats.failed += 1
         elif received.command is not None:
-            self._start_run(received.command, message.receive_count)
+            try:
+                self._start_run(received.command, message.receive_count)
+            except Exception as exc:
+                log.exception("could not start a run", extra={"run_id": received.run_id})
+                self._messages.run_crashed(received.command.run_id, describe_error(exc))
+                with self._lock:
+                    self._stats.failed += 1
 
     def _start_run(self, command: RunTask, attempt: int) -> None:
         control = RunControl()
@@ -237,7 +249,12 @@ class Node:
         )
         with self._lock:
             self._active[command.run_id] = _ActiveRun(thread, control)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._active.pop(command.run_id, None)
+            raise
 
     def _busy(self) -> bool:
         with self._lock:
@@ -248,9 +265,9 @@ class Node:
         self._protection.sync(self._busy)
         try:
             completed = run.execute().completed
-        except Exception:
+        except Exception as exc:
             log.exception("run crashed", extra={"run_id": run.run_id})
-            self._messages.run_crashed(run.run_id)
+            self._messages.run_crashed(run.run_id, describe_error(exc))
         finally:
             with self._lock:
                 self._active.pop(run.run_id, None)

@@ -1,9 +1,9 @@
 """Protocol version 1: the RunTask command and the control-bus events.
 
 The node and the operator commands share this package and nothing else of
-each other's. `commands` parses what arrives on the queue, `events` builds
-what goes on the bus, and `schemas/` holds the same shapes as JSON Schemas
-for other languages and for the tests.
+each other's. `commands` is the RunTask, `parsing` turns what arrives on the
+queue into one, `events` builds what goes on the bus, and `schemas/` holds the
+same shapes as JSON Schemas for other languages and for the tests.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from claude_code_scheduler.protocol.commands import (
     MockSpec,
     RunTask,
     TaskSpec,
-    parse_command,
 )
 from claude_code_scheduler.protocol.events import (
     EVENT_TYPES,
@@ -29,6 +28,7 @@ from claude_code_scheduler.protocol.events import (
     EventType,
     NodeStatus,
 )
+from claude_code_scheduler.protocol.parsing import parse_command
 
 
 def load_schema(name: str) -> dict[str, Any]:

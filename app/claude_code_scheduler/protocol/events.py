@@ -10,6 +10,7 @@ No I/O here.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +24,11 @@ from claude_code_scheduler.protocol.commands import PROTOCOL_VERSION
 RESULT_TEXT_LIMIT = 4096
 # A node not heard from for this many heartbeat intervals is lost.
 STALE_AFTER_INTERVALS = 3
+# TaskFailed's message, and TaskStarted's echo of the task's labels, in UTF-8
+# bytes: whatever they quote, an event stays far below SNS's 256 KiB.
+MESSAGE_LIMIT = 8 * 1024
+LABEL_LIMIT = 1024
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class EventType(StrEnum):
@@ -49,6 +55,7 @@ class ErrorType(StrEnum):
     TIMEOUT = "Timeout"
     NODE_SHUTDOWN = "NodeShutdown"
     NODE_ERROR = "NodeError"
+    DUPLICATE = "Duplicate"
 
 
 class NodeStatus(StrEnum):
@@ -185,8 +192,8 @@ def task_started(
         EventType.TASK_STARTED,
         {
             "run_id": run_id,
-            "task_id": task_id,
-            "task_name": task_name,
+            "task_id": None if task_id is None else publishable(task_id, LABEL_LIMIT),
+            "task_name": None if task_name is None else publishable(task_name, LABEL_LIMIT),
             "attempt": attempt,
             "started_at": iso(started_at),
         },
@@ -258,13 +265,20 @@ def task_failed(
         EventType.TASK_FAILED,
         {
             "run_id": run_id,
-            "error": {"type": error_type.value, "message": message},
+            "error": {"type": error_type.value, "message": publishable(message, MESSAGE_LIMIT)},
             "exit_code": exit_code,
             "duration_seconds": round(duration_seconds, 3),
             "log_uri": log_uri,
             "retryable": retryable,
         },
     )
+
+
+def publishable(text: str, limit: int) -> str:
+    """`text` as an event can carry it: valid UTF-8 (a lone surrogate becomes
+    U+FFFD) of at most `limit` bytes. The last guard: callers bound what they
+    quote, this makes sure no input can make an event unpublishable."""
+    return cut_utf8(_SURROGATE.sub("\ufffd", text), limit)
 
 
 def cut_utf8(text: str, limit: int) -> str:

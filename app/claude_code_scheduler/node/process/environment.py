@@ -86,7 +86,7 @@ def child_environment(
     base: Mapping[str, str],
     task_env: Mapping[str, str],
     *,
-    run_id: str,
+    run_marker: str,
     dirs: RunDirs | None = None,
     keep_aws_credentials: bool = False,
     claude_max_retries: int | None = None,
@@ -115,5 +115,5 @@ def child_environment(
     if claude_max_retries is not None:
         env[MAX_RETRIES_VAR] = str(claude_max_retries)
     env.update(task_env)
-    env[RUN_MARKER] = run_id  # last: how the reaper finds the run's processes
+    env[RUN_MARKER] = run_marker  # last: how the reaper finds the run's processes
     return env

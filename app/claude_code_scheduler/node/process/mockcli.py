@@ -5,6 +5,9 @@ that echo the prompt, a result line), padded to the requested size and spread
 over the requested duration, and exits with the requested code. Running it as
 a real child process keeps mock mode on the same path as real mode: process
 group, deadline, signals, pipes.
+
+It is a child of every mock run, so it imports only what it uses: no typing,
+no uuid (random ids come from os.urandom), nothing of the package at import.
 """
 
 from __future__ import annotations
@@ -14,13 +17,20 @@ import json
 import os
 import sys
 import time
-import uuid
-from typing import Any
 
 MAX_ASSISTANT_LINES = 10
 
 
-def _line(obj: dict[str, Any]) -> bytes:
+def _random_id() -> str:
+    """A random (version 4) UUID in its usual form."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _line(obj: dict[str, object]) -> bytes:
     return (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
 
 
@@ -29,7 +39,7 @@ def _assistant(session_id: str, model: str, text: str) -> bytes:
         {
             "type": "assistant",
             "message": {
-                "id": f"msg_mock_{uuid.uuid4().hex[:20]}",
+                "id": f"msg_mock_{_random_id().replace('-', '')[:20]}",
                 "type": "message",
                 "role": "assistant",
                 "model": model,
@@ -44,7 +54,7 @@ def _assistant(session_id: str, model: str, text: str) -> bytes:
 
 
 def session_lines(prompt: str, model: str, output_bytes: int, exit_code: int) -> list[bytes]:
-    session_id = str(uuid.uuid4())
+    session_id = _random_id()
     reply = f"Mock reply to: {prompt}"
     init = _line(
         {
@@ -58,7 +68,7 @@ def session_lines(prompt: str, model: str, output_bytes: int, exit_code: int) ->
             "apiKeySource": "none",
         }
     )
-    result: dict[str, Any] = {
+    result: dict[str, object] = {
         "type": "result",
         "subtype": "success" if exit_code == 0 else "error_during_execution",
         "is_error": exit_code != 0,

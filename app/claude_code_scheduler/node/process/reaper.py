@@ -5,17 +5,21 @@ command in a session of its own, so the group misses it. A SIGKILL of the CLI
 orphans those commands, and a command backgrounded with `&` outlives even a
 clean exit of the CLI. Two things close the gap:
 
-- every run's environment carries `RUN_MARKER=<run id>`, which the CLI hands
-  on to its tools; when a run ends, every process that carries its marker, and
-  every descendant of one, is killed;
+- every run's environment carries `RUN_MARKER=<run id>/<random>` (a marker
+  of its own for each attempt), which the CLI hands on to its tools; when a
+  run ends, every process that carries its marker, and every descendant of
+  one, is killed;
 - the node is a child subreaper (Linux `PR_SET_CHILD_SUBREAPER`): orphans
   reparent to the node instead of PID 1, so the node reaps their exit status
   (no zombies), and when no run is active it kills whatever orphan is left,
   even one that cleared its environment.
 
-Processes are read from /proc. The node's own children (the CLIs it started)
-are registered while they run, and are never reaped here: their Popen objects
-own their exit status.
+Processes are read from /proc, and only when there can be something to find:
+a subreaper without a single child has no descendant, so nothing of a run can
+be left and nothing can have been adopted. The read that finds nothing left to
+kill is also the one zombies are reaped from. The node's own children (the
+CLIs it started) are registered while they run, and are never reaped here:
+their Popen objects own their exit status.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -124,11 +129,31 @@ def _with_descendants(table: dict[int, _Proc], roots: set[int]) -> set[int]:
     return found
 
 
-def run_processes(run_id: str, proc: Path = PROC) -> set[int]:
+def new_marker(run_id: str) -> str:
+    """The marker of one attempt of a run on one node. Unique, because nodes
+    that share a PID namespace (several on one host), or two attempts of one
+    run, must never kill each other's processes."""
+    return f"{run_id}/{uuid.uuid4().hex}"
+
+
+def _marker(marker_value: str) -> bytes:
+    return f"{RUN_MARKER}={marker_value}".encode()
+
+
+def run_processes(marker_value: str, proc: Path = PROC) -> set[int]:
     """Live processes of a run: those carrying its marker, and their descendants."""
-    marker = f"{RUN_MARKER}={run_id}".encode()
-    table = _read_table(proc)
-    marked = {pid for pid, p in table.items() if not p.zombie and _carries(proc, pid, marker)}
+    return _run_targets(_read_table(proc), _marker(marker_value), proc)
+
+
+def _run_targets(table: dict[int, _Proc], marker: bytes, proc: Path) -> set[int]:
+    candidates: set[int] | dict[int, _Proc] = table
+    if _adopting.is_set():
+        # Under a subreaper every process a run started stays below it (an
+        # orphan reparents to the nearest subreaper): only those environments
+        # need reading, not every process on the host.
+        me = os.getpid()
+        candidates = _with_descendants(table, {me}) - {me}
+    marked = {pid for pid in candidates if not table[pid].zombie and _carries(proc, pid, marker)}
     return _alive(table, _with_descendants(table, marked))
 
 
@@ -137,8 +162,11 @@ def orphans(proc: Path = PROC) -> set[int]:
     their descendants."""
     if not _adopting.is_set():
         return set()
+    return _orphan_targets(_read_table(proc))
+
+
+def _orphan_targets(table: dict[int, _Proc]) -> set[int]:
     me = os.getpid()
-    table = _read_table(proc)
     with _lock:
         own = set(_own_children)
     adopted = {p.pid for p in table.values() if p.ppid == me and p.pid not in own}
@@ -149,22 +177,29 @@ def _alive(table: dict[int, _Proc], pids: set[int]) -> set[int]:
     return {pid for pid in pids if not table[pid].zombie and pid != os.getpid()}
 
 
-def kill_run(run_id: str) -> int:
+def kill_run(marker_value: str) -> int:
     """Kills what is left of a run; returns how many processes were signalled."""
-    return _kill_until_gone(lambda: run_processes(run_id))
+    marker = _marker(marker_value)
+    return _kill_until_gone(lambda table: _run_targets(table, marker, PROC))
 
 
 def kill_orphans() -> int:
     """Kills every adopted orphan; only safe when no run is active."""
-    return _kill_until_gone(orphans)
+    if not _adopting.is_set():
+        return 0
+    return _kill_until_gone(_orphan_targets)
 
 
-def _kill_until_gone(scan: Callable[[], set[int]]) -> int:
+def _kill_until_gone(targets: Callable[[dict[int, _Proc]], set[int]]) -> int:
     signalled: set[int] = set()
     for _ in range(KILL_ROUNDS):
-        pids = scan()
+        if _childless():
+            return len(signalled)
+        table = _read_table(PROC)
+        pids = targets(table)
         if not pids:
-            break
+            _reap(table)
+            return len(signalled)
         for pid in pids:
             with suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -178,14 +213,33 @@ def reap_zombies(proc: Path = PROC) -> int:
     """Collects the exit status of adopted orphans that have ended."""
     if not _adopting.is_set():
         return 0
+    return _reap(_read_table(proc))
+
+
+def _reap(table: dict[int, _Proc]) -> int:
+    """Reaps the adopted zombies that `table` shows."""
+    if not _adopting.is_set():
+        return 0
     me = os.getpid()
     with _lock:
         own = set(_own_children)
-        table = _read_table(proc).values()
-        zombies = [p.pid for p in table if p.ppid == me and p.zombie and p.pid not in own]
+        zombies = [p.pid for p in table.values() if p.ppid == me and p.zombie and p.pid not in own]
         reaped = 0
         for pid in zombies:
             with suppress(ChildProcessError):
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
                     reaped += 1
     return reaped
+
+
+def _childless() -> bool:
+    """Whether this process, a subreaper, has no child at all, and so no
+    descendant: nothing a run started can be left, nothing can be adopted.
+    Asked without reaping (WNOWAIT), so no Popen loses its exit status."""
+    if not _adopting.is_set():
+        return False
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return False

@@ -7,6 +7,7 @@ argv, the environment, a recorder for the output and a tracker that reads it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -26,9 +27,14 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
 MAX_READS_PER_TURN = 32
+# Reads waiting for the recorder (1 MiB): when the bus is slower than the CLI,
+# the recorder waits for the outbox, this queue fills, the reader threads
+# wait, and the pipe stops the CLI, instead of output piling up in memory.
+MAX_QUEUED_READS = 16
 STDERR_TAIL_CHARS = 4096
 # How long to wait for the pipes to close after the CLI exits before giving up
-# on a grandchild that holds them open.
+# on a grandchild that holds them open. Time spent handing output on (a slow
+# bus holds the pump back) does not count: the pipes are not idle meanwhile.
 PIPE_DRAIN_SECONDS = 2.0
 
 
@@ -68,7 +74,7 @@ class ProcessRun:
         kill_grace: float,
         cancel: threading.Event,
         stdout_reader: StreamReader | None = None,
-        run_id: str | None = None,
+        run_marker: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._argv = argv
@@ -78,9 +84,9 @@ class ProcessRun:
         self._timeout = timeout
         self._kill_grace = kill_grace
         self._cancel = cancel
-        self._run_id = run_id
+        self._run_marker = run_marker
         self._clock = clock
-        self._chunks: queue.Queue[tuple[str, bytes | None]] = queue.Queue(maxsize=64)
+        self._chunks: queue.Queue[tuple[str, bytes | None]] = queue.Queue(maxsize=MAX_QUEUED_READS)
         self._stdout_reader = stdout_reader
         self._stderr_tail = ""
 
@@ -173,7 +179,16 @@ class ProcessRun:
             if drain_until is not None and now >= drain_until:
                 log.warning("a process outside the run's group holds its output open; moving on")
                 break
-            open_streams -= self._take_output(self._next_wait(now, deadline, kill_at))
+            wait = self._next_wait(now, deadline, kill_at)
+            if open_streams:
+                closed, handing_on = self._take_output(wait)
+                open_streams -= closed
+                if drain_until is not None:
+                    drain_until += handing_on
+            else:
+                # Both pipes are at end of file, so nothing will arrive on the
+                # chunk queue: the process's exit is what to wait for.
+                self._wait_exit(process, wait)
         process.wait()
         if drain_until is None:
             # The CLI exited just after the loop last looked: its leftovers are still there.
@@ -183,10 +198,15 @@ class ProcessRun:
     def _kill_leftovers(self, process: subprocess.Popen[bytes]) -> None:
         """The CLI's group, and the tool processes that left it (see reaper)."""
         self._signal(process, signal.SIGKILL, group=True)
-        if self._run_id is not None:
-            killed = reaper.kill_run(self._run_id)
+        if self._run_marker is not None:
+            killed = reaper.kill_run(self._run_marker)
             if killed:
-                log.info("killed %d leftover process(es)", killed, extra={"run_id": self._run_id})
+                log.info("killed %d leftover process(es) of the run", killed)
+
+    @staticmethod
+    def _wait_exit(process: subprocess.Popen[bytes], timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
 
     def _next_wait(self, now: float, deadline: float, kill_at: float | None) -> float:
         wakes = [deadline, now + 0.2]
@@ -194,8 +214,9 @@ class ProcessRun:
             wakes.append(kill_at)
         return max(0.0, min(wakes) - now)
 
-    def _take_output(self, wait: float) -> int:
-        """Records what arrived; returns how many streams reached end of file.
+    def _take_output(self, wait: float) -> tuple[int, float]:
+        """Records what arrived; returns how many streams reached end of file,
+        and the seconds spent handing the output on.
 
         Takes a bounded number of reads at a time so that a fast writer cannot
         keep the deadline from being looked at."""
@@ -207,13 +228,14 @@ class ProcessRun:
         except queue.Empty:
             pass
         closed = 0
+        began = self._clock()
         for stream, data in items:
             if data is None:
                 closed += 1
             else:
                 self._record(stream, data)
         self._recorder.poll(self._clock())
-        return closed
+        return closed, self._clock() - began
 
     def _record(self, stream: str, data: bytes) -> None:
         if stream == "stdout":

@@ -1,0 +1,308 @@
+"""Turning an untrusted message body into a RunTask, or an InvalidCommand that
+says what is wrong in one bounded line.
+
+Every string a command carries must be text a process can be given: no NUL
+(an argv or environment string ends at one) and no lone surrogate (not
+encodable as UTF-8); both are legal JSON escapes, so both are checked here,
+and the schema says the same. A message quotes at most a short, escaped
+excerpt of a value, and never an env value, so the TaskFailed that carries it
+is always publishable. No I/O here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from claude_code_scheduler.protocol.commands import (
+    ENV_NAME_PATTERN,
+    MAX_ARGUMENT_BYTES,
+    MAX_LABEL_CHARS,
+    MAX_MOCK_OUTPUT_BYTES,
+    MAX_TIMEOUT_SECONDS,
+    MAX_TOOL_PATTERN_CHARS,
+    MODEL_PATTERN,
+    PERMISSION_MODES,
+    PROTOCOL_VERSION,
+    RUN_ID_PATTERN,
+    TOOL_PATTERN,
+    InvalidCommand,
+    MockSpec,
+    RunTask,
+    TaskSpec,
+)
+
+_TASK_KEYS = frozenset(
+    {
+        "prompt",
+        "name",
+        "task_id",
+        "model",
+        "permission_mode",
+        "allowed_tools",
+        "disallowed_tools",
+        "max_turns",
+        "timeout_seconds",
+        "env",
+        "mock",
+    }
+)
+_MOCK_KEYS = frozenset({"duration_seconds", "exit_code", "output_bytes"})
+# How much of a value an error message quotes.
+QUOTE_CHARS = 60
+
+
+def quote(value: Any) -> str:
+    """A short, printable, escaped excerpt of `value` for an error message."""
+    text = ascii(value)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
+
+
+def unwrap_body(body: str) -> Any:
+    """The command JSON from an SQS body: raw, or inside an SNS notification."""
+    document = _json(body, "message body")
+    if (
+        isinstance(document, dict)
+        and document.get("Type") == "Notification"
+        and isinstance(document.get("Message"), str)
+    ):
+        return _json(document["Message"], "SNS notification Message")
+    return document
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise InvalidCommand(f"{what} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and ints past the digit limit
+        raise InvalidCommand(f"{what} is not JSON: {str(exc)[:200]}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_command(body: str) -> RunTask:
+    """Parse and validate a command body; raises InvalidCommand saying what is wrong."""
+    document = unwrap_body(body)
+    if not isinstance(document, dict):
+        raise InvalidCommand("command must be a JSON object")
+    run_id = document.get("run_id")
+    readable_run_id = (
+        run_id if isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) else None
+    )
+    try:
+        return _parse_document(document)
+    except InvalidCommand as exc:
+        exc.run_id = readable_run_id
+        raise
+
+
+def _parse_document(document: dict[str, Any]) -> RunTask:
+    _reject_unknown(document, frozenset({"type", "version", "run_id", "task"}), "command")
+    if document.get("type") != "RunTask":
+        raise InvalidCommand(f"type must be 'RunTask', got {quote(document.get('type'))}")
+    version = document.get("version")
+    if not _is_integer(version) or version != PROTOCOL_VERSION:
+        raise InvalidCommand(
+            f"version {quote(version)} is not supported "
+            f"(this node speaks version {PROTOCOL_VERSION})"
+        )
+    run_id = document.get("run_id")
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+        raise InvalidCommand("run_id must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', '-'")
+    task = document.get("task")
+    if not isinstance(task, dict):
+        raise InvalidCommand("task must be an object")
+    return RunTask(run_id=run_id, task=_parse_task(task))
+
+
+def _parse_task(task: dict[str, Any]) -> TaskSpec:
+    _reject_unknown(task, _TASK_KEYS, "task")
+    prompt = _text(task, "prompt", max_bytes=MAX_ARGUMENT_BYTES)
+    if prompt is None or not prompt.strip():
+        raise InvalidCommand("task.prompt must be a non-empty string")
+    permission_mode = _optional(task, "permission_mode", str)
+    if permission_mode is not None and permission_mode not in PERMISSION_MODES:
+        raise InvalidCommand(
+            f"task.permission_mode must be one of {', '.join(PERMISSION_MODES)}; "
+            f"got {quote(permission_mode)}"
+        )
+    max_turns = _optional(task, "max_turns", int)
+    if max_turns is not None and max_turns < 1:
+        raise InvalidCommand("task.max_turns must be at least 1")
+    timeout = _optional_number(task, "timeout_seconds")
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_SECONDS:
+        raise InvalidCommand(
+            f"task.timeout_seconds must be above 0 and at most {MAX_TIMEOUT_SECONDS}"
+        )
+    return TaskSpec(
+        prompt=prompt,
+        name=_text(task, "name", max_chars=MAX_LABEL_CHARS),
+        task_id=_text(task, "task_id", max_chars=MAX_LABEL_CHARS),
+        model=_model(task),
+        permission_mode=permission_mode,
+        allowed_tools=_tool_list(task, "allowed_tools"),
+        disallowed_tools=_tool_list(task, "disallowed_tools"),
+        max_turns=max_turns,
+        timeout_seconds=timeout,
+        env=_env(task),
+        mock=_mock(task),
+    )
+
+
+# --- text ------------------------------------------------------------------------
+
+
+def _text(
+    obj: dict[str, Any],
+    key: str,
+    *,
+    max_chars: int | None = None,
+    max_bytes: int | None = None,
+    where: str = "task",
+) -> str | None:
+    """An optional string field that a process can be given (see the top)."""
+    value: str | None = _optional(obj, key, str, where)
+    if value is not None:
+        _check_text(value, f"{where}.{key}", max_chars=max_chars, max_bytes=max_bytes)
+    return value
+
+
+def _check_text(
+    value: str, what: str, *, max_chars: int | None = None, max_bytes: int | None = None
+) -> None:
+    if "\x00" in value:
+        raise InvalidCommand(f"{what} must not contain a NUL character")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidCommand(f"{what} must not contain a lone surrogate") from None
+    if max_chars is not None and len(value) > max_chars:
+        raise InvalidCommand(f"{what} must be at most {max_chars} characters, got {len(value)}")
+    if max_bytes is not None and size > max_bytes:
+        raise InvalidCommand(
+            f"{what} must be at most {max_bytes} bytes of UTF-8 (the kernel's limit on one "
+            f"argument of a process), got {size}"
+        )
+
+
+def _model(task: dict[str, Any]) -> str | None:
+    model = _text(task, "model", max_chars=MAX_LABEL_CHARS)
+    if model is not None and not model.strip():
+        raise InvalidCommand("task.model must not be empty")
+    if model is not None and not MODEL_PATTERN.fullmatch(model):
+        raise InvalidCommand(
+            f"task.model {quote(model)} is not a model name (letters, digits and ._:/@[]-, "
+            "starting with a letter or digit)"
+        )
+    return model
+
+
+def _tool_list(task: dict[str, Any], key: str) -> tuple[str, ...]:
+    if key not in task:
+        return ()
+    value = task[key]
+    if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value):
+        raise InvalidCommand(f"task.{key} must be a list of non-empty strings")
+    for index, pattern in enumerate(value):
+        what = f"task.{key}[{index}]"
+        _check_text(pattern, what, max_chars=MAX_TOOL_PATTERN_CHARS)
+        if not TOOL_PATTERN.fullmatch(pattern):
+            # The CLI would read "-..." as a flag of its own.
+            raise InvalidCommand(
+                f"{what} {quote(pattern)} is not a tool pattern such as Read, "
+                "mcp__server__tool or Bash(git log:*)"
+            )
+    return tuple(value)
+
+
+def _env(task: dict[str, Any]) -> dict[str, str]:
+    if "env" not in task:
+        return {}
+    value = task["env"]
+    if not isinstance(value, dict):
+        raise InvalidCommand("task.env must be an object of NAME: value strings")
+    for name, item in value.items():
+        if not ENV_NAME_PATTERN.fullmatch(name):
+            raise InvalidCommand(f"task.env name {quote(name)} is not a valid environment name")
+        if not isinstance(item, str):
+            # Name the variable, never its value: env values may be secrets.
+            raise InvalidCommand(f"task.env[{quote(name)}] must be a string")
+        _check_text(item, f"task.env[{quote(name)}]", max_bytes=MAX_ARGUMENT_BYTES - len(name) - 1)
+    return dict(value)
+
+
+# --- shapes ----------------------------------------------------------------------
+
+
+def _reject_unknown(obj: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        named = ", ".join(quote(name) for name in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise InvalidCommand(f"{where} has unknown field(s): {named}{more}")
+
+
+def _optional(obj: dict[str, Any], key: str, kind: type[Any], where: str = "task") -> Any:
+    """An optional field: absent is None; present, it must have the right type
+    (null is not absent, as in the schema)."""
+    if key not in obj:
+        return None
+    value = obj[key]
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is int and _is_integer(value):
+        return int(value)
+    raise InvalidCommand(f"{where}.{key} must be {_kind_name(kind)}, got {_json_type(value)}")
+
+
+def _is_integer(value: Any) -> bool:
+    # JSON Schema counts 3.0 as an integer; bool is an int in Python but
+    # `"max_turns": true` is not a number of turns.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _json_type(value: Any) -> str:
+    names = {type(None): "null", bool: "a boolean", str: "a string", list: "an array"}
+    return names.get(type(value), "an object" if isinstance(value, dict) else "a number")
+
+
+def _optional_number(obj: dict[str, Any], key: str, where: str = "task") -> float | None:
+    if key not in obj:
+        return None
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidCommand(f"{where}.{key} must be a number, got {_json_type(value)}")
+    return float(value)
+
+
+def _kind_name(kind: type[Any]) -> str:
+    return {str: "a string", int: "an integer"}.get(kind, kind.__name__)
+
+
+def _mock(task: dict[str, Any]) -> MockSpec:
+    if "mock" not in task:
+        return MockSpec()
+    value = task["mock"]
+    if not isinstance(value, dict):
+        raise InvalidCommand("task.mock must be an object")
+    _reject_unknown(value, _MOCK_KEYS, "task.mock")
+    duration = _optional_number(value, "duration_seconds", "task.mock")
+    exit_code = _optional(value, "exit_code", int, "task.mock")
+    output_bytes = _optional(value, "output_bytes", int, "task.mock")
+    spec = MockSpec(
+        duration_seconds=1.0 if duration is None else duration,
+        exit_code=0 if exit_code is None else exit_code,
+        output_bytes=2000 if output_bytes is None else output_bytes,
+    )
+    if not 0 <= spec.duration_seconds <= 3600:
+        raise InvalidCommand("task.mock.duration_seconds must be from 0 to 3600")
+    if not 0 <= spec.exit_code <= 255:
+        raise InvalidCommand("task.mock.exit_code must be from 0 to 255")
+    if not 0 <= spec.output_bytes <= MAX_MOCK_OUTPUT_BYTES:
+        raise InvalidCommand(f"task.mock.output_bytes must be from 0 to {MAX_MOCK_OUTPUT_BYTES}")
+    return spec
