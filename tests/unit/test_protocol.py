@@ -414,6 +414,13 @@ AGREEMENT: list[tuple[str, dict[str, Any] | list[Any] | str, bool]] = [
         True,
     ),
     ("tools-newline", command(allowed_tools=["Bash(a\nb)"]), False),
+    # A pattern's `$` must not match before a final newline (Python's re does).
+    ("run-id-trailing-newline", command(run_id="run-1\n"), False),
+    ("model-trailing-newline", command(model="sonnet\n"), False),
+    ("tool-trailing-newline", command(allowed_tools=["Read\n"]), False),
+    ("env-name-trailing-newline", command(env={"A\n": "v"}), False),
+    ("timeout-huge-integer", command(timeout_seconds=10**400), False),
+    ("mock-duration-huge-integer", command(mock={"duration_seconds": 10**400}), False),
 ]
 
 

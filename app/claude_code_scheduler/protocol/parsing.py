@@ -277,7 +277,10 @@ def _optional_number(obj: dict[str, Any], key: str, where: str = "task") -> floa
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidCommand(f"{where}.{key} must be a number, got {_json_type(value)}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise InvalidCommand(f"{where}.{key} is out of range") from None
 
 
 def _kind_name(kind: type[Any]) -> str:

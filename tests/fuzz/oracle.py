@@ -1,0 +1,74 @@
+"""What the protocol says a body is, worked out without the parser: the JSON
+it holds, the command inside an SNS envelope, the run_id a reply must name,
+and the shipped schema's verdict."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from tests.conftest import validator
+from tests.fuzz.strategies import RUN_ID_REGEX
+
+RUN_ID = re.compile(RUN_ID_REGEX)
+NOT_JSON = object()
+
+
+def strict_json(text: str) -> Any:
+    """`text` read as JSON proper: NaN and Infinity are not JSON."""
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def unwrapped(document: Any) -> Any:
+    """The command a body carries: the document, or its SNS envelope's Message
+    read as JSON (NOT_JSON when that is not JSON)."""
+    if (
+        isinstance(document, dict)
+        and document.get("Type") == "Notification"
+        and isinstance(document.get("Message"), str)
+    ):
+        try:
+            return strict_json(document["Message"])
+        except (ValueError, RecursionError):
+            return NOT_JSON
+    return document
+
+
+def run_id_of(command: Any) -> str | None:
+    """The command's run_id if it is a valid one."""
+    if isinstance(command, dict):
+        run_id = command.get("run_id")
+        if isinstance(run_id, str) and RUN_ID.fullmatch(run_id):
+            return run_id
+    return None
+
+
+def readable_run_ids(body: str) -> set[str | None] | None:
+    """The run_ids a rejection of `body` may name: the command's, if it has a
+    valid one, else None. Text that is not JSON proper but that Python's json
+    module reads (NaN, Infinity) may go either way. No expectation (None) when
+    the json module cannot read the text but a JSON reader could: thousands of
+    digits, nesting deeper than Python's recursion limit."""
+    try:
+        return {run_id_of(unwrapped(strict_json(body)))}
+    except json.JSONDecodeError:
+        return {None}
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return {None, run_id_of(unwrapped(json.loads(body)))}
+    except (ValueError, RecursionError):
+        return None
+
+
+def schema_error(command: Any) -> str | None:
+    """Why the shipped RunTask schema rejects `command`, or None if it accepts it."""
+    if command is NOT_JSON:
+        return "not JSON"
+    error = next(iter(validator("RunTask").iter_errors(command)), None)
+    return None if error is None else f"{list(error.absolute_path)}: {error.message[:300]}"
