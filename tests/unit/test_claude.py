@@ -285,3 +285,10 @@ def test_failure_message_is_cut_to_4096_bytes() -> None:
     message = failure_message(*run)
     assert len(message.encode()) <= 4096
     assert set(message) == {"😀"}
+
+
+def test_result_tracker_ignores_a_result_line_nested_too_deeply() -> None:
+    tracker = ResultTracker()
+    tracker.feed(b'{"type": "result", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
+    tracker.feed(stream_json({"type": "result", "result": "after"}))
+    assert tracker.result == {"type": "result", "result": "after"}

@@ -70,24 +70,29 @@ class ResultTracker:
         self.result: dict[str, Any] | None = None
 
     def feed(self, data: bytes) -> None:
+        # Only the new bytes can hold the next newline: a megabyte line fed in
+        # 64 KiB reads is scanned once, not once per read.
+        scan_from = len(self._partial)
         self._partial += data
         start = 0
-        while (end := self._partial.find(b"\n", start)) != -1:
-            self._consider(bytes(self._partial[start:end]))
-            start = end + 1
-        del self._partial[:start]
+        while (end := self._partial.find(b"\n", scan_from)) != -1:
+            self._consider(start, end)
+            start = scan_from = end + 1
+        if start:
+            del self._partial[:start]
 
     def finish(self) -> None:
         if self._partial:
-            self._consider(bytes(self._partial))
+            self._consider(0, len(self._partial))
             self._partial.clear()
 
-    def _consider(self, line: bytes) -> None:
-        if b'"result"' not in line:
+    def _consider(self, start: int, end: int) -> None:
+        # Looked for in place: a line that cannot be a result is never copied.
+        if self._partial.find(b'"result"', start, end) == -1:
             return
         try:
-            obj = json.loads(line)
-        except ValueError:
+            obj = json.loads(self._partial[start:end])
+        except (ValueError, RecursionError):  # not JSON, or nested past what json reads
             return
         if isinstance(obj, dict) and obj.get("type") == "result":
             self.result = obj
