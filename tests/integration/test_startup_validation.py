@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from urllib.parse import urlparse
 
 import pytest
 
 from claude_code_scheduler.node.leases import LEASE_CALL_SECONDS, MIN_VISIBILITY_SECONDS
 from tests.conftest import wait_until
+from tests.fault_proxy import FaultProxy
 from tests.integration.conftest import CREDENTIALS, free_port
 
 GOOD_TOPIC = "arn:aws:sns:us-east-1:123456789012:control-bus"
@@ -279,52 +276,13 @@ def test_an_endpoint_that_stays_down_is_retried_then_exits_2():
     assert STARTUP_TIMEOUT <= took < STARTUP_TIMEOUT + LEASE_CALL_SECONDS + 5
 
 
-class LateEndpoint:
-    """A loopback port that refuses connections until `open`, then forwards
-    each one to `target`: an emulator or a network that comes up after the
-    node. (A moto server started on the port itself would answer before the
-    test could create the queue, and a missing queue fails start-up at once.)"""
-
-    def __init__(self, target: str) -> None:
-        parsed = urlparse(target)
-        self._target = (parsed.hostname or "127.0.0.1", parsed.port or 80)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server: socket.socket | None = None
-        self._sockets: list[socket.socket] = []
-
-    def open(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
-
-    def close(self) -> None:
-        for sock in [*self._sockets, *([self._server] if self._server else [])]:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-                upstream = socket.create_connection(self._target)
-            except OSError:
-                return
-            self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-
 def test_a_node_started_before_its_endpoint_comes_up_when_it_does(stack, start_node):
-    late = LateEndpoint(stack.endpoint)
-    try:
+    """The endpoint refuses connections until the test lets it through: an
+    emulator or a network that comes up after the node. (A moto server started
+    on the port itself would answer before the test could create the queue,
+    and a missing queue fails start-up at once.)"""
+    with FaultProxy(stack.endpoint) as late:
+        late.refuse()
         node = start_node(
             stack,
             "--mock-mode",
@@ -336,13 +294,11 @@ def test_a_node_started_before_its_endpoint_comes_up_when_it_does(stack, start_n
         )
         assert wait_until(lambda: "the queue is not reachable" in node.stderr, timeout=20)
         assert node.process.poll() is None, node.stderr
-        late.open()
+        late.pass_()
         stack.wait_event("NodeRegistered", node_id=node.node_id, timeout=30)
         assert node.stderr.count("the queue is not reachable") >= 1
         node.signal(signal.SIGTERM)
         assert node.wait(15) == 0
-    finally:
-        late.close()
 
 
 def test_a_visibility_timeout_the_leases_cannot_keep_fails_with_the_numbers(stack_factory):

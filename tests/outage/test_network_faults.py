@@ -31,8 +31,8 @@ from tests.chaos.history import (
     queue_problems,
     sequence_problems,
 )
+from tests.fault_proxy import FaultProxy
 from tests.integration.conftest import NodeProcess, command, node_env
-from tests.outage.proxy import FaultProxy
 
 NODE_ARGS = ["--mock-mode", "--poll-wait-seconds", "1", "--heartbeat-interval", "1"]
 

@@ -1,5 +1,6 @@
 """A fault-injecting TCP proxy on loopback, to put between a node and the moto
-server (the node's --endpoint-url points at it).
+server (the node's --endpoint-url, or one service's endpoint, points at it):
+the outage suite's faults, a bus that goes away, an endpoint that comes up late.
 
 Modes, switched from the test's thread at any time:
 
