@@ -58,13 +58,6 @@ def check_queue(
     missing queue or a denied permission fails at once. (A plain sleep between
     tries: the signal handlers are not installed yet, so SIGTERM ends the
     process at once.)"""
-    tries = 0
-    started = time.monotonic()
-
-    def visibility_timeout() -> int:
-        nonlocal tries
-        tries += 1
-        return queue.visibility_timeout()
 
     def log_retry(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -77,21 +70,24 @@ def check_queue(
             timeout,
         )
 
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        wait=startup_wait(timeout),
+        stop=tenacity.stop_after_delay(timeout),
+        sleep=sleep,
+        before_sleep=log_retry,
+        reraise=True,
+    )
     try:
-        visibility: int = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(is_transient),
-            wait=startup_wait(timeout),
-            stop=tenacity.stop_after_delay(timeout),
-            sleep=sleep,
-            before_sleep=log_retry,
-            reraise=True,
-        )(visibility_timeout)
+        visibility: int = retrying(queue.visibility_timeout)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         error = explain(exc, "--queue-url", f"the queue {queue.url}")
         if not is_transient(exc):
             raise error from None
+        tries = retrying.statistics["attempt_number"]
+        took = retrying.statistics.get("delay_since_first_attempt", 0.0)
         raise ConfigError(
-            f"{error} (gave up after {time.monotonic() - started:.0f}s and "
+            f"{error} (gave up after {took:.0f}s and "
             f"{tries} {'try' if tries == 1 else 'tries'}, --startup-timeout {timeout:g})"
         ) from None
     if visibility < MIN_VISIBILITY_SECONDS:
