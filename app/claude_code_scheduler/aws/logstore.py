@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,12 +41,12 @@ class LogStore:
 
     def upload(self, path: Path, key: str) -> None:
         """Streams from disk, multipart when large."""
-        with path.open("rb") as body:
-            if os.fstat(body.fileno()).st_size < MULTIPART_THRESHOLD:
+        if path.stat().st_size < MULTIPART_THRESHOLD:
+            with path.open("rb") as body:
                 self._s3.put_object(
                     Bucket=self.bucket, Key=key, Body=body, ContentType=CONTENT_TYPE
                 )
-                return
+            return
         self._s3.upload_file(
             str(path),
             self.bucket,
