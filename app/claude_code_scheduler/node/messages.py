@@ -203,11 +203,10 @@ class MessageLifecycle:
         """The node failed before the run could report an ending (a bug, or
         this node's environment): say so, and let it be tried again later."""
         with self._lock:
-            run = self._runs.pop(run_id, None)
+            run = self._runs.get(run_id)
             if run is None or run.ending:
-                if run is not None:
-                    self._runs[run_id] = run
                 return
+            del self._runs[run_id]
         delay = crash_delay(run.attempt)
         message = f"the node failed to run this command: {reason}; it goes back in {delay} s"
         self._publish(task_failed(run_id, ErrorType.NODE_ERROR, message, retryable=True))
