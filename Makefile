@@ -1,5 +1,8 @@
 # Everything a fresh machine needs: `make test` and `make demo` build the venv themselves.
-PYTHON ?= python3
+# The venv's interpreter must be one a run's own uid can execute (the mock CLI
+# and the tests' stand-ins run under it; see docs/isolation.md): pyenv's live
+# in root's 0700 home, so a system Python is preferred where there is one.
+PYTHON ?= $(shell scripts/venv-python.sh)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

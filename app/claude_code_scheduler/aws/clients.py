@@ -27,8 +27,10 @@ from claude_code_scheduler.errors import ConfigError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_ssm import SSMClient
 
 # botocore's standard mode sleeps up to 2**i s (capped at 20 s) before retry i
 # (from 0) of a throttled call, less for other errors.
@@ -95,6 +97,9 @@ PUBLISH_CALLS = CallBounds(connect=3.0, read=10.0, attempts=2)
 # upload runs in its run's own thread, off the lease and bus paths, and is
 # retried through outages by the run, so it keeps the standard 3 attempts.
 UPLOAD_CALLS = CallBounds(connect=5.0, read=30.0, attempts=3)
+# GetSecretValue and GetParameter: small answers, read before a run starts (a
+# task's secrets) or once at start-up (a key set); callers retry outages.
+SECRET_CALLS = CallBounds(connect=3.0, read=10.0, attempts=3)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,9 @@ class Clients:
     sqs: SQSClient  # ReceiveMessage and the rest: POLL_CALLS
     sns: SNSClient
     s3: S3Client
+    # Made without a network call; used only where a secret is read.
+    secretsmanager: SecretsManagerClient
+    ssm: SSMClient
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,8 @@ def make_node_clients(
         sqs=common.sqs,
         sns=common.sns,
         s3=common.s3,
+        secretsmanager=common.secretsmanager,
+        ssm=common.ssm,
         sqs_leases=_client(session, "sqs", LEASE_CALLS.config(pool), endpoint_url),
     )
 
@@ -146,6 +156,8 @@ def _clients(session: boto3.Session, endpoint_url: str | None) -> Clients:
         sqs=_client(session, "sqs", POLL_CALLS.config(), endpoint_url),
         sns=_client(session, "sns", PUBLISH_CALLS.config(), endpoint_url),
         s3=_client(session, "s3", UPLOAD_CALLS.config(), endpoint_url),
+        secretsmanager=_client(session, "secretsmanager", SECRET_CALLS.config(), endpoint_url),
+        ssm=_client(session, "ssm", SECRET_CALLS.config(), endpoint_url),
     )
 
 

@@ -156,3 +156,51 @@ def node_region(queue: QueueUrl, topic: TopicArn, region: str | None) -> str:
         ("the topic ARN", topic.region),
     ]
     return resolve_region(region, sources)
+
+
+# --- secret references -------------------------------------------------------------
+
+_SECRET_ARN = re.compile(
+    r"^arn:(?P<partition>aws[a-z-]*):secretsmanager:(?P<region>[a-z0-9-]+):(?P<account>\d{12})"
+    r":secret:(?P<name>[A-Za-z0-9/_+=.@-]{1,512})$"
+)
+_PARAMETER_ARN = re.compile(
+    r"^arn:(?P<partition>aws[a-z-]*):ssm:(?P<region>[a-z0-9-]+):(?P<account>\d{12})"
+    r":parameter/(?P<name>[A-Za-z0-9_.\-/]{1,2048})$"
+)
+_PARAMETER_NAME = re.compile(r"^/?[A-Za-z0-9_.\-/]{1,2048}$")
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret is kept: a Secrets Manager secret (by ARN) or an SSM
+    parameter (by name or ARN). `name` is the secret's or the parameter's
+    name without a leading slash, which is what a prefix is compared with;
+    `ref` is what the API is called with."""
+
+    service: str  # "secretsmanager" or "ssm"
+    ref: str
+    name: str
+
+    def under(self, prefix: str) -> bool:
+        """Whether the name lies under `prefix` (a path: "a/" covers "a/b", not "ab")."""
+        path = prefix.strip("/") + "/"
+        return self.name.startswith(path)
+
+
+def parse_secret_ref(value: str) -> SecretRef:
+    """A Secrets Manager ARN, else an SSM parameter name or ARN; ValueError
+    (with a message that quotes the reference, never a value) otherwise."""
+    if value.startswith("arn:") and ":secretsmanager:" in value:
+        match = _SECRET_ARN.fullmatch(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a Secrets Manager secret ARN")
+        return SecretRef("secretsmanager", value, match["name"])
+    if value.startswith("arn:"):
+        match = _PARAMETER_ARN.fullmatch(value)
+        if match is None:
+            raise ValueError(f"{value!r} is neither a Secrets Manager ARN nor an SSM parameter ARN")
+        return SecretRef("ssm", value, match["name"])
+    if not _PARAMETER_NAME.fullmatch(value) or "//" in value:
+        raise ValueError(f"{value!r} is not an SSM parameter name (letters, digits, _.-/)")
+    return SecretRef("ssm", value, value.lstrip("/"))

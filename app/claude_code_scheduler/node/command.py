@@ -165,6 +165,41 @@ REQUIRED = {
     help="Give the CLI the node's AWS credentials (for CLAUDE_CODE_USE_BEDROCK). "
     "Default: they are removed from its environment.",
 )
+@click.option(
+    "--run-uid-base",
+    envvar="CLAUDE_NODE_RUN_UID_BASE",
+    type=int,
+    default=default("run_uid_base"),
+    show_default=True,
+    help="When the node runs as root, run slot i runs as uid and gid BASE + i.",
+)
+@click.option(
+    "--allow-shared-uid",
+    envvar="CLAUDE_NODE_ALLOW_SHARED_UID",
+    is_flag=True,
+    help="Let an unprivileged node run several runs at once under its own uid, "
+    "where they can read each other's files and environment.",
+)
+@click.option(
+    "--bash-sandbox",
+    envvar="CLAUDE_NODE_BASH_SANDBOX",
+    is_flag=True,
+    help="Turn on the CLI's own Bash sandbox (bubblewrap). Needs a kernel that "
+    "allows user namespaces: EC2 hosts, not Fargate.",
+)
+@click.option(
+    "--verification-keys",
+    envvar="CLAUDE_NODE_VERIFICATION_KEYS",
+    help="Run only commands signed by a key in this JWKS: a file path, a Secrets "
+    "Manager ARN or an SSM parameter. Default: signatures are not checked.",
+)
+@click.option(
+    "--secrets-prefix",
+    envvar="CLAUDE_NODE_SECRETS_PREFIX",
+    default=default("secrets_prefix"),
+    show_default=True,
+    help="task.secrets may name only secrets and parameters under this prefix.",
+)
 @work_dir_option
 @state_file_option
 @click.option(
@@ -233,6 +268,11 @@ def build_config(options: dict[str, Any], ecs_task: EcsTask | None) -> NodeConfi
         kill_grace=options["kill_grace"],
         pass_aws_credentials=options["pass_aws_credentials"],
         claude_max_retries=options["claude_max_retries"],
+        run_uid_base=options["run_uid_base"],
+        allow_shared_uid=options["allow_shared_uid"],
+        bash_sandbox=options["bash_sandbox"],
+        verification_keys=options.get("verification_keys"),
+        secrets_prefix=options["secrets_prefix"],
     )
 
 

@@ -20,6 +20,10 @@ from claude_code_scheduler.errors import ConfigError
 # A run's timeout, whoever sets it: the run holds its message for as long.
 MAX_TASK_TIMEOUT_SECONDS = MAX_VISIBILITY_SECONDS
 STATE_FILE_NAME = "node-state.json"
+# Run uids stay clear of the system's (below 1000) and of the overflow and
+# "nobody" ids at the top of the 16-bit range that tools still assume.
+MIN_RUN_UID = 1000
+MAX_RUN_UID = 65533
 
 
 def default_work_dir() -> Path:
@@ -61,6 +65,18 @@ class NodeConfig:
     pass_aws_credentials: bool = False
     # CLAUDE_CODE_MAX_RETRIES for the CLI; None leaves the CLI's default (10).
     claude_max_retries: int | None = None
+    # Isolation (docs/isolation.md): a node running as root starts run slot i
+    # as uid and gid run_uid_base + i; an unprivileged node runs everything as
+    # itself, and only one run at a time unless allow_shared_uid says so.
+    run_uid_base: int = 10100
+    allow_shared_uid: bool = False
+    # Turn on the CLI's own Bash sandbox (bubblewrap) through its settings.
+    bash_sandbox: bool = False
+    # Signed commands (docs/signing.md): a JWKS file path, a Secrets Manager
+    # ARN or an SSM parameter holding one; None runs unsigned commands.
+    verification_keys: str | None = None
+    # Where task.secrets references may point (docs/secrets.md).
+    secrets_prefix: str = "claude-code-scheduler/"
 
     def __post_init__(self) -> None:
         if self.state_file is None:
@@ -84,6 +100,16 @@ class NodeConfig:
             (
                 self.claude_max_retries is None or self.claude_max_retries >= 0,
                 "--claude-max-retries: must not be negative",
+            ),
+            (
+                self.run_uid_base >= MIN_RUN_UID
+                and self.run_uid_base + self.max_concurrent_tasks - 1 <= MAX_RUN_UID,
+                f"--run-uid-base: the run uids (base to base + slots - 1) must lie from "
+                f"{MIN_RUN_UID} to {MAX_RUN_UID}",
+            ),
+            (
+                bool(self.secrets_prefix.strip("/")),
+                "--secrets-prefix: must name a path such as claude-code-scheduler/",
             ),
         ]
         for ok, message in checks:
