@@ -55,10 +55,8 @@ LABEL org.opencontainers.image.title="claude-code-scheduler" \
 # itself and kills and reaps what each run leaves behind.)
 # CLAUDE_NODE_WORK_DIR: run directories, spooled logs and the state file the
 # HEALTHCHECK reads; a volume, writable under a read-only root filesystem.
-# HOME: the CLI keeps ~/.claude there; set explicitly rather than left to the
-# runtime's passwd lookup for the numeric USER.
+# Each run gets its own HOME inside its run directory (docs/isolation.md).
 ENV PYTHONUNBUFFERED=1 \
-    HOME=/home/claude \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
@@ -71,16 +69,25 @@ ENV PYTHONUNBUFFERED=1 \
 # only the newest build of a package and binNMU suffixes differ between amd64
 # and arm64, so an exact pin breaks the build; the base image tag fixes the
 # release (trixie) and so the package line.
+# bubblewrap and socat: the CLI's own Bash sandbox (--bash-sandbox) needs both;
+# a few hundred KiB, so the option works wherever the host kernel allows it
+# (ECS on EC2), with no image of its own.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
+ && apt-get install -y --no-install-recommends tini bubblewrap socat \
  && rm -rf /var/lib/apt/lists/*
 
-# The CLI refuses bypassPermissions as root, so the node runs as `claude`.
-RUN groupadd --system --gid 10001 claude \
- && useradd --system --uid 10001 --gid claude --home-dir /home/claude --create-home \
-        --shell /bin/bash claude \
- && install -d -o claude -g claude -m 0750 /work
+# The run uids: the node (root) runs the run in slot i as uid and gid 10100 + i
+# (--run-uid-base), 32 slots. Entries without a login shell or a home, so that
+# tools that look their uid up (git, ssh) find a name. The work root is root's,
+# mode 0711: a run passes through it to its own folder but cannot list it.
+RUN for slot in $(seq 0 31); do \
+        uid=$((10100 + slot)); \
+        groupadd --gid "$uid" "claude-run-$slot" \
+     && useradd --uid "$uid" --gid "$uid" --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin "claude-run-$slot" || exit 1; \
+    done \
+ && install -d -o root -g root -m 0711 /work
 
 COPY --from=claude-code /opt/claude-code/node_modules/@anthropic-ai/claude-code/bin/claude.exe \
      /usr/local/bin/claude
@@ -91,12 +98,19 @@ RUN --mount=type=bind,from=wheel,source=/dist/requirements.txt,target=/tmp/requi
 RUN --mount=type=bind,from=wheel,source=/dist/app,target=/tmp/app \
     pip install --no-deps /tmp/app/*.whl
 
-USER 10001:10001
+# The node runs as root inside the container, with the default capabilities
+# (no CAP_SYS_PTRACE): the right to change uid is what lets it start each run
+# under a uid of its own, and it keeps its credentials to itself (undumpable,
+# no_new_privs for every run). DL3002 (last USER should not be root) is
+# ignored for that reason: no run ever runs as root (docs/isolation.md).
+# hadolint ignore=DL3002
+USER 0:0
 WORKDIR /work
-# Everything the node and the CLI write: the work root, the CLI's ~/.claude
-# and temporary files. Declared here so that ECS bind mounts at these paths
-# start with this ownership and mode, and `docker run --read-only` works.
-VOLUME ["/work", "/home/claude", "/tmp"]
+# Everything the node and the CLI write: the work root (runs, their HOME and
+# temporary files, the spooled logs, the state file) and /tmp. Declared here so
+# that ECS bind mounts at these paths start with this ownership and mode, and
+# `docker run --read-only` works.
+VOLUME ["/work", "/tmp"]
 
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["claude-code-scheduler", "healthcheck"]

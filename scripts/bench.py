@@ -1,6 +1,7 @@
 """`make bench`: figures, not pass/fail.
 
-1. Output pipeline: MB/s through the decoder, spool and batcher (no network).
+1. Output pipeline: MB/s through the decoder, redactor, spool and batcher (no
+   network), redacting the token shapes only and then 20 values too.
 2. The node side by side with a plain loop, on one local moto server, in the
    same run. The plain loop ("loop") makes the calls a run needs one after the
    other (ReceiveMessage, Publish TaskStarted, Publish TaskOutput, PutObject of
@@ -594,11 +595,21 @@ def latency_to_started(subject: Subject) -> float:
 
 
 def bench_output(megabytes: int = 64) -> None:
+    """Through the recorder as a run has it: with the token shapes only, and
+    with 20 values to redact (a task's env and secrets, the node's credentials)."""
+    from claude_code_scheduler.redaction import Redactor  # noqa: PLC0415
+
+    values = [uuid.uuid4().hex + uuid.uuid4().hex[:8] for _ in range(20)]
+    for label, redactor in (("token shapes", Redactor()), ("20 values", Redactor(values))):
+        bench_output_with(redactor, label, megabytes)
+
+
+def bench_output_with(redactor: Any, label: str, megabytes: int) -> None:
     from claude_code_scheduler.node.output import OutputBatcher, OutputRecorder  # noqa: PLC0415
 
     chunks: list[int] = []
     recorder = OutputRecorder(
-        io.BytesIO(), OutputBatcher(lambda _stream, text: chunks.append(len(text)))
+        io.BytesIO(), OutputBatcher(lambda _stream, text: chunks.append(len(text))), redactor
     )
     block = ("héllo wörld, " * 5000).encode()[: 64 * 1024]
     total = megabytes * 1024 * 1024
@@ -607,7 +618,7 @@ def bench_output(megabytes: int = 64) -> None:
         recorder.feed("stdout" if offset % (1 << 20) else "stderr", block, time.monotonic())
     recorder.finish(time.monotonic())
     elapsed = time.perf_counter() - started
-    print(f"output pipeline: {megabytes / elapsed:.0f} MB/s, {len(chunks)} chunks")
+    print(f"output pipeline ({label}): {megabytes / elapsed:.0f} MB/s, {len(chunks)} chunks")
 
 
 @contextlib.contextmanager

@@ -401,6 +401,9 @@ def run_demo(work: Path) -> int:
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="claude-code-scheduler-demo-") as work:
+        # Searchable, not listable, by other users: run as root, the node
+        # starts each run under a uid of its own, which must reach its folder.
+        Path(work).chmod(0o711)
         return run_demo(Path(work))
 
 

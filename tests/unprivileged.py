@@ -61,6 +61,32 @@ def as_unprivileged(argv: list[str]) -> list[str]:
     return [setpriv, f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups", *argv]
 
 
+def let_other_users_through(path: Path) -> Path:
+    """Lets other users pass through (not list) `path` and the folders above it,
+    up to the system temp folder; returns `path`.
+
+    pytest makes each level of tmp_path mode 0700. A node running as root runs
+    each run under a uid of its own, which must reach its folder in the node's
+    work dir (docs/isolation.md), and the node refuses to start otherwise."""
+    top = Path(tempfile.gettempdir()).resolve()
+    current = path.resolve()
+    while current != top and top in current.parents:
+        mode = current.stat().st_mode
+        if current.stat().st_uid == os.geteuid() and not mode & 0o001:
+            current.chmod((mode & 0o7777) | 0o011)
+        current = current.parent
+    return path
+
+
+def drop_box(tmp_path: Path) -> Path:
+    """A folder in tmp_path that any uid may write to (sticky, like /tmp): where
+    a stand-in CLI, run under a run uid, leaves what the test reads."""
+    box = let_other_users_through(tmp_path) / "drop-box"
+    box.mkdir(exist_ok=True)
+    box.chmod(0o1777)
+    return box
+
+
 def unprivileged_user() -> tuple[int, int] | None:
     """(uid, gid) to drop to when running as root; None when already unprivileged."""
     return (UNPRIVILEGED, UNPRIVILEGED) if os.geteuid() == 0 else None

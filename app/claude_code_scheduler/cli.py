@@ -12,6 +12,7 @@ import click
 
 from claude_code_scheduler import __version__
 from claude_code_scheduler.client.commands import COMMANDS
+from claude_code_scheduler.client.keys import keys
 from claude_code_scheduler.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -40,7 +41,7 @@ def _show_envvars(command: click.Command) -> None:
             _show_envvars(sub)
 
 
-for _command in (node, healthcheck, *COMMANDS):
+for _command in (node, healthcheck, *COMMANDS, keys):
     cli.add_command(_command)
 _show_envvars(cli)
 

@@ -3,23 +3,26 @@
 Log lines carry stable `extra` keys (run_id, node_id, message_id, exit_code,
 duration_seconds) so JSON logs can be queried. A redacting filter is the last
 line of defence for secrets: the node never logs them on purpose, and the
-filter replaces any secret value it knows that slips into a line anyway.
+filter replaces any secret it knows (claude_code_scheduler.redaction) that
+slips into a line anyway.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from pythonjsonlogger.json import JsonFormatter
+
+from claude_code_scheduler.redaction import Redactor, SecretRegistry
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+# The node's own secrets found in its environment, redacted everywhere.
 SECRET_ENV_NAMES = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -28,72 +31,69 @@ SECRET_ENV_NAMES = (
     "ANTHROPIC_AUTH_TOKEN",
     "CLAUDE_CODE_OAUTH_TOKEN",
 )
-# Values shorter than this are too likely to match ordinary text to redact.
-MIN_SECRET_LENGTH = 6
 CONTEXT_KEYS = ("node_id", "run_id", "message_id", "exit_code", "duration_seconds")
 
 
 class SecretFilter(logging.Filter):
-    """Redacts secrets: the node's own everywhere, a run's task env values in
-    that run's log lines (the `run_id` extra) while it lasts. Scoped so that
-    one task's env value (it may be ordinary words) never blanks other runs'
-    lines. `redact` serves the events the node builds from a run's output."""
+    """The last line of defence for the node's own log lines: the node never
+    logs a secret on purpose, and this replaces any that slips into a line
+    anyway, by the rule of claude_code_scheduler.redaction. The node's own
+    secrets everywhere; a run's values (task env, resolved secrets) in that
+    run's lines (the `run_id` extra) while it lasts. `redact` and `redactor`
+    serve the run's output and the events the node builds from it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._lock = threading.Lock()
-        self._node: set[str] = set()
-        self._runs: dict[str, frozenset[str]] = {}
+        self.registry = SecretRegistry()
+        self._credentials: Callable[[], Iterable[str]] | None = None
 
     def add_node_secrets(self, values: Iterable[str]) -> None:
-        with self._lock:
-            self._node.update(v for v in values if len(v) >= MIN_SECRET_LENGTH)
+        self.registry.add_node_values(values)
 
     def remove_node_secrets(self, values: Iterable[str]) -> None:
-        with self._lock:
-            self._node.difference_update(values)
+        self.registry.remove_node_values(values)
+
+    def track_credentials(self, current: Callable[[], Iterable[str]]) -> None:
+        """`current` gives the node's AWS credentials as they are now (they
+        rotate): read at once, and again at each `refresh_credentials`."""
+        self._credentials = current
+        self.refresh_credentials()
+
+    def refresh_credentials(self) -> None:
+        """At each run's start: a rotated set is redacted from then on (the
+        set before it too, see redaction.SecretRegistry)."""
+        if self._credentials is None:
+            return
+        try:
+            self.registry.set_credentials(self._credentials())
+        except Exception as exc:  # the endpoint is down: keep the sets known so far
+            logging.getLogger(__name__).warning(
+                "could not read the node's AWS credentials to redact them: %s",
+                type(exc).__name__,
+            )
 
     @contextmanager
     def for_run(self, run_id: str, values: Iterable[str]) -> Iterator[None]:
-        """Redact `values` from the run's lines while the block lasts."""
-        with self._lock:
-            self._runs[run_id] = frozenset(v for v in values if len(v) >= MIN_SECRET_LENGTH)
-        try:
+        """Redact `values` from the run's lines and output while the block lasts."""
+        with self.registry.for_run(run_id, values):
             yield
-        finally:
-            with self._lock:
-                self._runs.pop(run_id, None)
+
+    def redactor(self, run_id: str | None = None) -> Redactor:
+        return self.registry.redactor(run_id)
 
     def redact(self, text: str, run_id: str | None = None) -> str:
-        with self._lock:
-            secrets = self._secrets(run_id)
-        return _scrub(text, secrets)
-
-    def _secrets(self, run_id: str | None) -> list[str]:
-        found = self._node | (self._runs.get(run_id, frozenset()) if run_id else frozenset())
-        # Longest first: a secret that contains another is replaced whole.
-        return sorted(found, key=len, reverse=True)
+        return self.registry.redactor(run_id).redact(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         run_id = getattr(record, "run_id", None)
-        with self._lock:
-            secrets = self._secrets(run_id if isinstance(run_id, str) else None)
-        if not secrets:
-            return True
-        record.msg = _scrub(record.getMessage(), secrets)
+        redactor = self.registry.redactor(run_id if isinstance(run_id, str) else None)
+        record.msg = redactor.redact(record.getMessage())
         record.args = None
         for key in CONTEXT_KEYS:
             value = getattr(record, key, None)
             if isinstance(value, str):
-                setattr(record, key, _scrub(value, secrets))
+                setattr(record, key, redactor.redact(value))
         return True
-
-
-def _scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
 
 
 class _TextFormatter(logging.Formatter):

@@ -5,9 +5,12 @@
 #   deploy/ci/smoke-image.sh claude-code-scheduler:ci
 #
 # The container runs read-only as on ECS, configured only through environment
-# variables, in mock mode. It must: run as a non-root user with the pinned CLI
-# and no Node.js; become healthy; take one RunTask from the command topic to
-# TaskCompleted with its log in S3; and exit 0 on SIGTERM after NodeDeregistered.
+# variables, in mock mode. It must: run the node as root (which starts each run
+# under a uid of its own, docs/isolation.md) with the pinned CLI, the run uids'
+# passwd entries and no Node.js; become healthy; take one RunTask from the
+# command topic to TaskCompleted with its log in S3 (the run ran as uid 10100,
+# or the node would have refused to start); and exit 0 on SIGTERM after
+# NodeDeregistered.
 #
 # Environment: LOCALSTACK_ENDPOINT (default http://localhost:4566).
 set -euo pipefail
@@ -53,10 +56,15 @@ docker run --detach --name "$container" --network host --read-only \
     -e CLAUDE_NODE_VERBOSE=1 \
     "$image" >/dev/null
 
-say "runs as a non-root user, with the pinned CLI and without Node.js"
-[[ "$(docker exec "$container" id -u)" != 0 ]] || fail "the node runs as root"
+say "runs the node as root, has the run uids, the pinned CLI and no Node.js"
+[[ "$(docker exec "$container" id -u)" == 0 ]] || fail "the node does not run as root"
+[[ "$(docker exec "$container" id -u claude-run-0)" == 10100 ]] || fail "no passwd entry for uid 10100"
+[[ "$(docker exec "$container" id -u claude-run-31)" == 10131 ]] || fail "no passwd entry for uid 10131"
+[[ "$(docker exec "$container" stat -c %a:%u /work)" == 711:0 ]] || fail "/work is not root's, mode 0711"
 docker exec "$container" claude --version | grep -qF "$(tr -d '[:space:]' < "$repo/claude-code.version")" \
     || fail "claude --version is not the pinned version"
+docker exec "$container" sh -c 'command -v bwrap && command -v socat' >/dev/null \
+    || fail "bwrap and socat (for --bash-sandbox) are not in the image"
 if docker exec "$container" sh -c 'command -v node npm' >/dev/null; then
     fail "Node.js is in the runtime image"
 fi
@@ -91,6 +99,9 @@ done
 size="$(awscli s3api head-object --bucket "$log_bucket" --key "logs/$run_id.log" \
     --query ContentLength --output text)" || fail "no S3 log for $run_id"
 [[ $size -ge 5000 ]] || fail "the S3 log has $size bytes, expected at least 5000"
+
+docker logs "$container" 2>&1 | grep -q "each run slot has a uid of its own" \
+    || fail "the node does not say it isolates runs"
 
 say "stops cleanly on SIGTERM"
 docker stop --time 60 "$container" >/dev/null

@@ -94,7 +94,7 @@ region="${AWS_DEFAULT_REGION:-${AWS_REGION:-us-east-1}}"
 
 # Keep these in step with the defaults in deploy/cloudformation/messaging.yaml.
 node_queue_visibility_timeout=120
-max_receive_count=3
+max_receive_count=10  # as messaging.yaml, which says why
 node_queue_retention_seconds=345600     # 4 days
 dlq_retention_seconds=1209600           # 14 days, the SQS maximum
 server_queue_retention_seconds=345600   # 4 days

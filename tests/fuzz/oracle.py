@@ -71,4 +71,9 @@ def schema_error(command: Any) -> str | None:
     if command is NOT_JSON:
         return "not JSON"
     error = next(iter(validator("RunTask").iter_errors(command)), None)
-    return None if error is None else f"{list(error.absolute_path)}: {error.message[:300]}"
+    if error is not None:
+        return f"{list(error.absolute_path)}: {error.message[:300]}"
+    # The one rule JSON Schema cannot state: a name in both env and secrets.
+    task = command["task"]
+    shared = set(task.get("env", {})) & set(task.get("secrets", {}))
+    return f"task: {sorted(shared)} in both env and secrets" if shared else None

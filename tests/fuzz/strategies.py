@@ -35,6 +35,7 @@ TASK_KEYS = (
     "max_turns",
     "timeout_seconds",
     "env",
+    "secrets",
     "mock",
 )
 MOCK_KEYS = ("duration_seconds", "exit_code", "output_bytes")
@@ -172,9 +173,33 @@ def tasks(*, node: bool = False) -> st.SearchStrategy[dict[str, Any]]:
             "max_turns": max_turns,
             "timeout_seconds": timeout,
             "env": env,
+            # Not for a node: reading them needs secrets in moto.
+            **({} if node else {"secrets": secret_maps}),
             "mock": mock,
         },
-    )
+    ).map(_without_shared_names)
+
+
+# References of each form task.secrets takes (aws.names.parse_secret_ref).
+secret_refs = st.one_of(
+    st.from_regex(r"[A-Za-z0-9/_+=.@-]{1,40}", fullmatch=True).map(
+        lambda name: f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}"
+    ),
+    st.from_regex(r"/?[A-Za-z0-9_.-]{1,20}(/[A-Za-z0-9_.-]{1,20}){0,3}", fullmatch=True),
+    st.from_regex(r"[A-Za-z0-9_.-]{1,20}(/[A-Za-z0-9_.-]{1,20}){0,2}", fullmatch=True).map(
+        lambda name: f"arn:aws:ssm:eu-west-1:123456789012:parameter/{name}"
+    ),
+)
+secret_maps = st.dictionaries(
+    st.from_regex(r"SECRET_[A-Z0-9_]{0,12}", fullmatch=True), secret_refs, max_size=3
+)
+
+
+def _without_shared_names(task: dict[str, Any]) -> dict[str, Any]:
+    """A name in both env and secrets is invalid (the schema cannot say so)."""
+    if "secrets" in task and "env" in task:
+        task["secrets"] = {k: v for k, v in task["secrets"].items() if k not in task["env"]}
+    return task
 
 
 def commands(
@@ -260,7 +285,11 @@ def _containers(document: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[st
     task = document.get("task")
     if isinstance(task, dict):
         found.append((task, TASK_KEYS))
-        for key, keys in (("mock", MOCK_KEYS), ("env", ("FUZZ_A", "PATH", "a b", ""))):
+        for key, keys in (
+            ("mock", MOCK_KEYS),
+            ("env", ("FUZZ_A", "PATH", "a b", "")),
+            ("secrets", ("SECRET_A", "PATH", "a b", "")),
+        ):
             if isinstance(task.get(key), dict):
                 found.append((task[key], keys))
     return found
@@ -282,7 +311,7 @@ def mutated(draw: st.DrawFn, document: dict[str, Any]) -> dict[str, Any]:
     elif kind == "run_id":
         document["run_id"] = draw(bad_run_ids)
     elif kind == "retype":
-        key = draw(st.sampled_from(["task", "mock", "env"]))
+        key = draw(st.sampled_from(["task", "mock", "env", "secrets"]))
         target = document if key == "task" else document.get("task")
         if isinstance(target, dict):
             target[key] = draw(hostile_values)

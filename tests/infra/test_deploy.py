@@ -3,17 +3,14 @@ policies agree with each other and with the code."""
 
 from __future__ import annotations
 
-import ast
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from claude_code_scheduler.client.bus import READER_QUEUE_PREFIX
 from tests.infra import support
 from tests.infra.test_compose import shutdown_budget
 
@@ -26,71 +23,6 @@ SEED_OUTPUTS = {
     "NodeQueueUrl": "node_queue_url",
     "LogBucketName": "log_bucket_name",
 }
-# Clients as the code names them, and the IAM service of each.
-CLIENTS = {"_sqs": "sqs", "sqs": "sqs", "_sns": "sns", "sns": "sns", "_s3": "s3", "s3": "s3"}
-# boto3 calls that need other IAM actions than their own name.
-SPECIAL_CALLS = {
-    # Managed transfer: PutObject covers CreateMultipartUpload, UploadPart and
-    # CompleteMultipartUpload; a failed multipart upload is aborted.
-    ("s3", "upload_file"): {"s3:PutObject", "s3:AbortMultipartUpload"},
-    # sns:Publish grants PublishBatch too; there is no action of its own.
-    ("sns", "publish_batch"): {"sns:Publish"},
-}
-
-
-def iam_actions_called(path: Path) -> set[str]:
-    """The IAM actions behind every boto3 client call in a module."""
-    actions: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-            continue
-        receiver = node.func.value
-        name = (
-            receiver.attr
-            if isinstance(receiver, ast.Attribute)
-            else receiver.id
-            if isinstance(receiver, ast.Name)
-            else None
-        )
-        service = CLIENTS.get(name or "")
-        if service is None:
-            continue
-        method = node.func.attr
-        if (service, method) in SPECIAL_CALLS:
-            actions |= SPECIAL_CALLS[(service, method)]
-            continue
-        actions.add(f"{service}:" + "".join(part.title() for part in method.split("_")))
-        if (service, method) == ("sqs", "create_queue") and any(
-            k.arg == "tags" for k in node.keywords
-        ):
-            actions.add("sqs:TagQueue")
-    return actions
-
-
-def actions_called_in(folder: Path) -> set[str]:
-    modules = sorted(folder.glob("*.py"))
-    assert modules, f"no modules in {folder}"
-    return set().union(*(iam_actions_called(module) for module in modules))
-
-
-def node_actions_called() -> set[str]:
-    """The node makes its AWS calls in the aws/ adapters only."""
-    actions = actions_called_in(PACKAGE / "aws")
-    # The ECS agent's endpoint calls UpdateTaskProtection with the task role.
-    if "task-protection/v1/state" in (PACKAGE / "aws" / "protection.py").read_text():
-        actions.add("ecs:UpdateTaskProtection")
-    return actions
-
-
-def test_only_the_adapters_call_aws() -> None:
-    """What the policies are checked against is all there is: no module outside
-    aws/ and client/ calls a boto3 client."""
-    elsewhere = {
-        path
-        for path in PACKAGE.rglob("*.py")
-        if path.parent.name not in ("aws", "client") and iam_actions_called(path)
-    }
-    assert elsewhere == set()
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +33,6 @@ def messaging() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def ecs_service() -> dict[str, Any]:
     return support.cfn_template(support.ECS_SERVICE)
-
-
-@pytest.fixture(scope="module")
-def node_policy_cfn(messaging: dict[str, Any]) -> dict[str, Any]:
-    (policy,) = support.resources(messaging, "AWS::IAM::ManagedPolicy").values()
-    return dict(policy["PolicyDocument"])
 
 
 @pytest.fixture(scope="module")
@@ -125,67 +51,6 @@ def task_json() -> dict[str, Any]:
 def container_json(task_json: dict[str, Any]) -> dict[str, Any]:
     (container,) = task_json["containerDefinitions"]
     return dict(container)
-
-
-# --- IAM --------------------------------------------------------------------------
-
-
-def test_node_policy_json_has_the_actions_of_the_cfn_policy(
-    node_policy_cfn: dict[str, Any],
-) -> None:
-    standalone = support.read_json(support.NODE_POLICY)
-    assert support.policy_actions(standalone) == support.policy_actions(node_policy_cfn)
-    sids = {s["Sid"]: set(support.as_list(s["Action"])) for s in standalone["Statement"]}
-    assert sids == {
-        s["Sid"]: set(support.as_list(s["Action"])) for s in node_policy_cfn["Statement"]
-    }
-
-
-def test_node_policy_has_exactly_the_actions_the_node_calls() -> None:
-    granted = support.policy_actions(support.read_json(support.NODE_POLICY))
-    called = node_actions_called()
-    assert granted == called, (
-        f"granted but not called: {sorted(granted - called)}; "
-        f"called but not granted: {sorted(called - granted)}"
-    )
-    # The seed's list plus the one departure (lease extension and hand-back).
-    seed = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sns:Publish"}
-    assert seed | {"sqs:ChangeMessageVisibility", "s3:PutObject"} <= granted
-
-
-def test_node_policy_resources_are_the_bus_the_node_uses(
-    node_policy_cfn: dict[str, Any], ecs_service: dict[str, Any]
-) -> None:
-    by_sid = {s["Sid"]: s for s in node_policy_cfn["Statement"]}
-    assert by_sid["TakeTasks"]["Resource"] == {"Fn::GetAtt": ["NodeQueue", "Arn"]}
-    assert by_sid["PublishEvents"]["Resource"] == {"Ref": "ControlBus"}
-    assert by_sid["ArchiveRunLogs"]["Resource"] == {"Fn::Sub": "${LogBucket.Arn}/logs/*"}
-    assert by_sid["ScaleInProtection"]["Resource"]["Fn::Sub"].endswith(":task/${ClusterName}/*")
-    standalone = {s["Sid"]: s for s in support.read_json(support.NODE_POLICY)["Statement"]}
-    cluster = support.parameter_defaults(ecs_service)["ClusterName"]
-    assert standalone["ScaleInProtection"]["Resource"].endswith(f":task/{cluster}/*")
-    assert standalone["TakeTasks"]["Resource"].endswith(":claude-code-scheduler-node-queue")
-    assert standalone["PublishEvents"]["Resource"].endswith(":claude-code-scheduler-control-bus")
-    assert standalone["ArchiveRunLogs"]["Resource"].endswith("/logs/*")
-
-
-def test_operator_policy_has_exactly_the_actions_the_client_calls() -> None:
-    granted = support.policy_actions(support.read_json(support.OPERATOR_POLICY))
-    called = actions_called_in(PACKAGE / "client")
-    assert granted == called, (
-        f"granted but not called: {sorted(granted - called)}; "
-        f"called but not granted: {sorted(called - granted)}"
-    )
-
-
-def test_operator_reader_queues_are_limited_to_the_client_prefix() -> None:
-    statements = support.read_json(support.OPERATOR_POLICY)["Statement"]
-    by_sid = {s["Sid"]: s for s in statements}
-    assert "sqs:CreateQueue" in by_sid["TemporaryReaderQueues"]["Action"]
-    assert by_sid["TemporaryReaderQueues"]["Resource"].endswith(":claude-code-scheduler-client-*")
-    assert by_sid["TemporaryReaderQueues"]["Resource"].split(":")[-1] == READER_QUEUE_PREFIX + "*"
-    # sns:Unsubscribe has no resource-level permissions: "*" is the only form.
-    assert by_sid["UnsubscribeReaders"]["Resource"] == "*"
 
 
 # --- CloudFormation ---------------------------------------------------------------
@@ -246,6 +111,10 @@ def test_fargate_task_definition_settings(container_cfn: dict[str, Any]) -> None
     assert container_cfn["StopTimeout"] == 120
     assert container_cfn["LinuxParameters"]["InitProcessEnabled"] is True
     assert container_cfn["ReadonlyRootFilesystem"] is True
+    # Root with the default capabilities: none added (no SYS_PTRACE), none needed.
+    assert container_cfn["User"] == "0"
+    assert "Capabilities" not in container_cfn["LinuxParameters"]
+    assert "Privileged" not in container_cfn
     assert container_cfn["HealthCheck"]["Command"] == HEALTHCHECK
     assert [s["Name"] for s in container_cfn["Secrets"]] == ["ANTHROPIC_API_KEY"]
     assert container_cfn["LogConfiguration"]["LogDriver"] == "awslogs"
@@ -284,6 +153,9 @@ def test_task_definition_json_matches_the_cfn_one(
     assert container_json["stopTimeout"] == container_cfn["StopTimeout"] == 120
     assert container_json["linuxParameters"]["initProcessEnabled"] is True
     assert container_json["readonlyRootFilesystem"] is True
+    assert container_json["user"] == container_cfn["User"] == "0"
+    assert "capabilities" not in container_json["linuxParameters"]
+    assert "privileged" not in container_json
     health_json, health_cfn = container_json["healthCheck"], container_cfn["HealthCheck"]
     assert health_json["command"] == health_cfn["Command"] == HEALTHCHECK
     for key in ("Interval", "Timeout", "Retries", "StartPeriod"):

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from claude_code_scheduler.cli import cli
+from claude_code_scheduler.node.config import default
 from tests.infra import support
 from tests.infra.support import Instruction
 
@@ -96,14 +97,31 @@ def test_runtime_environment(runtime: list[Instruction]) -> None:
     assert env.get("PIP_NO_CACHE_DIR") == "1"
 
 
-def test_runs_as_a_non_root_user(runtime: list[Instruction]) -> None:
+def test_the_node_runs_as_root_and_the_image_names_the_run_uids(
+    runtime: list[Instruction],
+) -> None:
+    """Root in the container, so that each run gets a uid of its own (and the
+    CLI, run as that uid, accepts bypassPermissions); said with a reason."""
     (user,) = [i.arguments for i in runtime if i.keyword == "USER"]
-    assert user.split(":")[0] not in ("root", "0")
+    assert user.split(":")[0] in ("root", "0")
+    text = support.DOCKERFILE.read_text()
+    assert "# hadolint ignore=DL3002" in text
+    # One passwd and group entry per run slot, from the default --run-uid-base:
+    # no login shell, no home.
+    runs = " ".join(i.arguments for i in runtime if i.keyword == "RUN")
+    assert "seq 0 31" in runs and f"uid=$(({default('run_uid_base')} + slot))" in runs
+    assert "--shell /usr/sbin/nologin" in runs and "--no-create-home" in runs
+    assert "install -d -o root -g root -m 0711 /work" in runs
+    env = env_of(runtime)
+    assert "HOME" not in env, "each run has a HOME of its own"
 
 
 def test_tini_from_debian_and_the_entrypoint(runtime: list[Instruction]) -> None:
     runs = " ".join(i.arguments for i in runtime if i.keyword == "RUN")
     assert re.search(r"apt-get install .*\btini\b", runs)
+    # What the CLI's Bash sandbox (--bash-sandbox) runs.
+    assert re.search(r"apt-get install .*\bbubblewrap\b", runs)
+    assert re.search(r"apt-get install .*\bsocat\b", runs)
     assert "rm -rf /var/lib/apt/lists/*" in runs
     (entrypoint,) = [i.arguments for i in runtime if i.keyword == "ENTRYPOINT"]
     assert support.exec_form(entrypoint) == ["tini", "--", "claude-code-scheduler"]

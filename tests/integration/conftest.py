@@ -25,6 +25,7 @@ import boto3
 import pytest
 
 from tests.conftest import assert_valid_event
+from tests.unprivileged import let_other_users_through
 
 REGION = "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret-key"}
@@ -281,7 +282,8 @@ class NodeProcess:
         """`entry` is how to start the program (default: this interpreter's -m)."""
         self.node_id = f"node-{uuid.uuid4().hex[:8]}"
         self.stderr_path = tmp / f"{self.node_id}.log"
-        self.work_dir = work_dir or tmp / f"{self.node_id}-work"
+        # A root node's runs run under uids of their own: they must reach the work dir.
+        self.work_dir = work_dir or let_other_users_through(tmp) / f"{self.node_id}-work"
         argv = [
             *(entry or [sys.executable, "-m", "claude_code_scheduler"]),
             "node",

@@ -106,6 +106,23 @@ def main() -> int:
                 json.dump({"cli": os.getpid(), "child": child.pid}, out)
         while True:
             time.sleep(0.1)
+    if mode == "echo-env":
+        # Prints the variables named in FAKE_CLAUDE_ECHO as a run that leaks
+        # them would: in a stream-json line (escaped), split across two writes
+        # a moment apart (two reads for the node), on stderr and in the result.
+        names = [name for name in os.environ.get("FAKE_CLAUDE_ECHO", "").split(",") if name]
+        text = " ".join(f"{name}={os.environ.get(name, '')}" for name in names)
+        line = json.dumps(
+            {"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}}
+        )
+        half = len(line) // 2
+        for part in (line[:half], line[half:] + "\n"):
+            sys.stdout.write(part)
+            sys.stdout.flush()
+            time.sleep(0.2)
+        sys.stderr.write(text + "\n")
+        result(text)
+        return 0
     if mode == "sleep":
         time.sleep(float(os.environ.get("FAKE_CLAUDE_SECONDS", "5")))
         result("slept")

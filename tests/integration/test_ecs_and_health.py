@@ -4,6 +4,7 @@ and the health check the image runs."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from claude_code_scheduler.aws.protection import TaskProtection
 from tests.integration.conftest import command, node_env
+from tests.unprivileged import let_other_users_through
 
 TASK_ARN = "arn:aws:ecs:us-east-1:123456789012:task/workers/0123456789abcdef0123456789abcdef"
 
@@ -23,6 +26,8 @@ class AgentStandIn(ThreadingHTTPServer):
 
     def __init__(self) -> None:
         self.protection_requests: list[dict[str, object]] = []
+        # What the agent answers a protection PUT with instead of success.
+        self.refusal: dict[str, object] | None = None
         super().__init__(("127.0.0.1", 0), _Handler)
 
     @property
@@ -58,6 +63,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.protection_requests.append(body)
+        if self.server.refusal is not None:
+            self._reply(self.server.refusal)
+            return
         self._reply({"protection": {"ProtectionEnabled": body["ProtectionEnabled"]}})
 
 
@@ -83,15 +91,69 @@ def test_on_ecs_the_node_names_itself_and_protects_busy_tasks(stack, start_node,
         "availability_zone": "us-east-1a",
     }
     assert agent.protection_requests == []  # idle: nothing to protect
-    cmd = command(mock={"duration_seconds": 1})
+    cmd = command(timeout_seconds=120, mock={"duration_seconds": 1})
     stack.send(cmd)
     stack.wait_event("TaskCompleted", cmd["run_id"])
     deadline = time.monotonic() + 10
     while len(agent.protection_requests) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     on, off = agent.protection_requests
-    assert on["ProtectionEnabled"] is True and 1 <= on["ExpiresInMinutes"] <= 2880
+    # Bounded by the run's own 2-minute timeout and the shutdown margin (about
+    # a minute), not by the longest timeout any task could ask for (12 h): a
+    # deployment waits for protection to end.
+    assert on["ProtectionEnabled"] is True and 3 <= on["ExpiresInMinutes"] <= 5
     assert off == {"ProtectionEnabled": False}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_protection_covers_the_runs_renews_shrinks_and_ends(agent):
+    clock = Clock()
+    protection = TaskProtection(f"{agent.url}/agent", margin_seconds=60, clock=clock)
+    runs: list[float] = []
+
+    protection.sync(lambda: runs)
+    assert agent.protection_requests == []  # idle: nothing to protect
+
+    runs.append(clock.now + 600)  # a 10-minute run
+    protection.sync(lambda: runs)
+    assert agent.protection_requests[-1] == {"ProtectionEnabled": True, "ExpiresInMinutes": 11}
+
+    clock.now += 60
+    protection.sync(lambda: runs)  # a heartbeat: still covered, no call
+    assert len(agent.protection_requests) == 1
+
+    runs.append(clock.now + 3600)  # a run that needs more than is left: renewed
+    protection.sync(lambda: runs)
+    assert agent.protection_requests[-1] == {"ProtectionEnabled": True, "ExpiresInMinutes": 61}
+
+    runs.pop()  # the long run ended early: protection is shortened again
+    protection.sync(lambda: runs)
+    assert agent.protection_requests[-1] == {"ProtectionEnabled": True, "ExpiresInMinutes": 10}
+
+    runs.clear()
+    protection.sync(lambda: runs)
+    assert agent.protection_requests[-1] == {"ProtectionEnabled": False}
+
+
+def test_a_refused_protection_is_tried_again_at_the_next_sync(agent, caplog):
+    clock = Clock()
+    protection = TaskProtection(f"{agent.url}/agent", margin_seconds=60, clock=clock)
+    runs = [clock.now + 600]
+    agent.refusal = {"failure": {"Arn": TASK_ARN, "Reason": "DEPLOYMENT_BLOCKED"}}
+    with caplog.at_level(logging.WARNING):
+        protection.sync(lambda: runs)
+    assert "a deployment is stopping it" in caplog.text
+    agent.refusal = None
+    protection.sync(lambda: runs)  # the heartbeat's sync
+    assert len(agent.protection_requests) == 2
+    assert agent.protection_requests[-1]["ProtectionEnabled"] is True
 
 
 def test_node_id_defaults_to_the_ecs_task_id(stack, tmp_path, agent):
@@ -105,7 +167,7 @@ def test_node_id_defaults_to_the_ecs_task_id(stack, tmp_path, agent):
             "--mock-mode",
             *stack.node_args(),
             "--work-dir",
-            str(tmp_path / "w"),
+            str(let_other_users_through(tmp_path) / "w"),
             "--poll-wait-seconds",
             "1",
         ],

@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 
 from tests.integration.conftest import command
+from tests.unprivileged import drop_box
 
 
 def run_fake(stack, start_node, fake_claude, tmp_path, mode, node_env=None, **task):
-    record = tmp_path / f"record-{mode}.json"
+    record = drop_box(tmp_path) / f"record-{mode}.json"
     env = {"FAKE_CLAUDE_MODE": mode, "FAKE_CLAUDE_RECORD": str(record), **task.pop("env", {})}
     node = start_node(
         stack, "--claude-bin", str(fake_claude), "--poll-wait-seconds", "1", env=node_env
@@ -106,7 +107,7 @@ def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fak
 def test_aws_credentials_and_max_retries_passed_on_purpose(
     stack, start_node, fake_claude, tmp_path
 ):
-    record = tmp_path / "record.json"
+    record = drop_box(tmp_path) / "record.json"
     node = start_node(
         stack,
         "--claude-bin",
@@ -185,7 +186,7 @@ def test_multi_megabyte_result_line_is_whole_in_the_log(stack, start_node, fake_
 
 
 def test_timeout_kills_the_process_group(stack, start_node, fake_claude, tmp_path):
-    pids = tmp_path / "pids.json"
+    pids = drop_box(tmp_path) / "pids.json"
     _, _, terminal, _ = run_fake(
         stack,
         start_node,

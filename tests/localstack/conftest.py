@@ -260,7 +260,14 @@ def messaging_stack(localstack: LocalStack) -> DeployedStack:
     cfn.create_stack(
         StackName=STACK_NAME,
         TemplateBody=TEMPLATE.read_text(),
-        Parameters=[{"ParameterKey": "Prefix", "ParameterValue": STACK_PREFIX}],
+        Parameters=[
+            {"ParameterKey": "Prefix", "ParameterValue": STACK_PREFIX},
+            # Required, with no default; LocalStack does not enforce policies.
+            {
+                "ParameterKey": "CommandPublisherArns",
+                "ParameterValue": "arn:aws:iam::000000000000:root",
+            },
+        ],
         Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
     )
     deadline = time.monotonic() + 120

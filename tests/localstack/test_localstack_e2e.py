@@ -52,6 +52,7 @@ from tests.localstack.conftest import (
     run_script,
     tail,
 )
+from tests.unprivileged import let_other_users_through
 
 # The session fixture installs LocalStack on first use (about 45 s from PyPI):
 # that counts towards the first test's timeout.
@@ -230,7 +231,7 @@ def assert_bus_shape(shape: dict[str, Any]) -> None:
     assert shape["topics"] == EXPECTED_TOPICS
     assert shape["subscriptions"] == EXPECTED_SUBSCRIPTIONS
     node_queue = shape["queues"]["node-queue"]
-    assert node_queue["redrive"] == ("node-queue-dlq", 3)
+    assert node_queue["redrive"] == ("node-queue-dlq", 10)  # messaging.yaml says why
     assert int(node_queue["VisibilityTimeout"]) >= 30
     for name, queue in shape["queues"].items():
         assert queue["SqsManagedSseEnabled"] == "true", name
@@ -548,7 +549,8 @@ def test_node_runs_a_task_from_the_command_topic(
         CLAUDE_NODE_HEARTBEAT_INTERVAL="1",
         CLAUDE_NODE_POLL_WAIT_SECONDS="2",
         CLAUDE_NODE_SHUTDOWN_TIMEOUT="25",
-        CLAUDE_NODE_WORK_DIR=str(tmp_path / "work"),
+        # Runs run under uids of their own, which must reach their folders.
+        CLAUDE_NODE_WORK_DIR=str(let_other_users_through(tmp_path) / "work"),
         CLAUDE_NODE_LOG_FORMAT="json",
         CLAUDE_NODE_VERBOSE="1",
         PYTHONUNBUFFERED="1",

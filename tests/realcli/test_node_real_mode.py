@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -26,10 +27,15 @@ from tests.realcli.anthropic_standin import AnthropicStandin, ApiError, Text, To
 from tests.realcli.claude_cli import (
     INVALID_API_KEY,
     NOT_LOGGED_IN,
-    ROOT_BYPASS_REFUSAL,
     stream_json_lines,
 )
-from tests.unprivileged import UNPRIVILEGED, as_unprivileged, owned_dirs, unprivileged_user
+from tests.unprivileged import (
+    UNPRIVILEGED,
+    as_unprivileged,
+    let_other_users_through,
+    owned_dirs,
+    unprivileged_user,
+)
 
 RUN_MARKER = "CLAUDE_CODE_SCHEDULER_RUN_ID"
 TERMINAL = ("TaskCompleted", "TaskFailed")
@@ -96,8 +102,9 @@ def assert_nothing_left(node: RealNode) -> None:
 def launch(stack: Stack, claude_bin: Path, tmp_path: Path) -> Iterator[Launch]:
     """Starts a real-mode node against a given stand-in and waits for it to register.
 
-    `unprivileged=True` runs it as `nobody` from the installed wheel, the way
-    the image runs it as its own non-root user.
+    As root (CI), the node runs each run under a uid of its own, the way the
+    image runs; `unprivileged=True` runs it as `nobody` from the installed
+    wheel instead, the way a user starts it by hand (runs share its uid).
     """
     started: list[NodeProcess] = []
     cleanup = ExitStack()
@@ -108,22 +115,32 @@ def launch(stack: Stack, claude_bin: Path, tmp_path: Path) -> Iterator[Launch]:
         api_key: str | None = "test-key",
         unprivileged: bool = False,
         installed: Path | None = None,
+        env_extra: dict[str, str] | None = None,
+        short_work_dir: bool = False,
+        wrap: list[str] | None = None,
     ) -> RealNode:
         if unprivileged:
             assert installed is not None
             work_dir, home = cleanup.enter_context(owned_dirs(unprivileged_user(), "work", "home"))
             entry = as_unprivileged([str(installed / "bin" / "claude-code-scheduler")])
         else:
-            work_dir, home = tmp_path / "work", tmp_path / "home"
+            # As root: each run under a uid of its own, which must reach its folder.
+            work_dir, home = let_other_users_through(tmp_path) / "work", tmp_path / "home"
             home.mkdir()
             entry = None
+            if wrap is not None:  # e.g. setpriv: the same node with fewer capabilities
+                entry = [*wrap, sys.executable, "-m", "claude_code_scheduler"]
+            if short_work_dir:
+                # The sandbox's bridge sockets live under the run's tmp/, and a
+                # socket path is at most 107 bytes: tmp_path is too deep.
+                (work_dir,) = cleanup.enter_context(owned_dirs(None, "w"))
         env = {
             name: value
             for name, value in node_env(stack).items()
             if not name.startswith(("ANTHROPIC_", "CLAUDE_CODE_", "CLAUDE_CONFIG_DIR"))
         }
         env.update(api.cli_env(api_key))
-        env.update({"HOME": str(home), "LANG": "C.UTF-8"})
+        env.update({"HOME": str(home), "LANG": "C.UTF-8", **(env_extra or {})})
         argv = ["--claude-bin", str(claude_bin), "--poll-wait-seconds", "1", *args]
         process = NodeProcess(stack, tmp_path, argv, env, entry=entry, work_dir=work_dir)
         started.append(process)
@@ -421,20 +438,19 @@ def test_a_node_shutdown_leaves_no_process_behind(
 
 @pytest.mark.skipif(
     os.geteuid() != 0,
-    reason="needs root; tests/unit/test_claude.py covers the message",
+    reason="needs root: the refusal itself is checked in test_standin_cli.py",
 )
-def test_bypass_permissions_as_root_fails_saying_to_run_as_non_root(
+def test_bypass_permissions_works_for_a_root_node_whose_runs_are_not_root(
     launch: Launch, api: AnthropicStandin
 ) -> None:
+    """The CLI refuses bypassPermissions to root; a root node's run is not root."""
+    api.add(ToolUse("Bash", {"command": "id -u"}), Text("done"))
     node = launch(api)
-    assert "running as root: the Claude CLI refuses" in node.process.stderr
+    assert "refuses" not in node.process.stderr
     _, terminal = node.run(prompt="anything", permission_mode="bypassPermissions")
-    assert terminal["event_type"] == "TaskFailed", terminal
-    error = terminal["data"]["error"]
-    assert error["type"] == "ClaudeError"
-    assert error["message"].startswith(ROOT_BYPASS_REFUSAL)
-    assert "run the node as a non-root user" in error["message"]
-    assert api.main_requests == []
+    assert terminal["event_type"] == "TaskCompleted", terminal
+    assert api.main_requests[1].tool_result_text().strip() == "10100", "slot 0's uid"
+    assert_nothing_left(node)
 
 
 def test_bypass_permissions_works_for_a_node_that_is_not_root(

@@ -277,7 +277,7 @@ def test_the_root_refusal_comes_with_what_to_do() -> None:
     message = failure_message(ProcessResult(1, 0.3, 0, refusal), None)
     assert message.startswith(refusal.strip())
     assert message.endswith(ROOT_ADVICE)
-    assert "non-root user" in message
+    assert "never starts it as root" in message
 
 
 def test_failure_message_is_cut_to_4096_bytes() -> None:

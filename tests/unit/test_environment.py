@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
+from tests.conftest import IN_CI
 
 from claude_code_scheduler.node.process.environment import (
     MAX_RETRIES_VAR,
     RunDirs,
     child_environment,
+    prepare_work_root,
 )
+from claude_code_scheduler.node.process.isolation import RunIdentity
 from claude_code_scheduler.node.process.reaper import RUN_MARKER
 
 # --- environment ----------------------------------------------------------------
@@ -86,6 +91,52 @@ def test_the_operators_own_config_folder_wins(tmp_path: Path) -> None:
     assert env["CLAUDE_CONFIG_DIR"] == "/etc/claude"
     assert env["TMPDIR"] == "/scratch"
     assert env["CLAUDE_CODE_TMPDIR"] == str(dirs.tmp)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_run_of_its_own_uid_owns_its_folders_and_nothing_above(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI=true: chown needs root")
+        pytest.skip("chown needs root")
+    work_root = tmp_path / "work-root"
+    prepare_work_root(work_root, isolated=True)
+    identity = RunIdentity(3, 10103, 10103)
+    dirs = RunDirs.create(work_root, "r1", identity)
+    for path in (dirs.root, dirs.cwd, dirs.config, dirs.tmp, dirs.home):
+        assert (path.stat().st_uid, path.stat().st_gid) == (10103, 10103), path
+        assert mode(path) == 0o700, path
+    # The run passes through the work root to its folder, but cannot list it;
+    # the spooled logs beside it are the node's alone.
+    assert (work_root.stat().st_uid, mode(work_root)) == (0, 0o711)
+    spool = work_root / ".logs"
+    assert (spool.stat().st_uid, mode(spool)) == (0, 0o700)
+    dirs.remove()
+    assert not dirs.root.exists()
+
+
+def test_a_run_of_its_own_uid_gets_its_own_home_and_folders_whatever_the_node_says(
+    tmp_path: Path,
+) -> None:
+    dirs = RunDirs.create(tmp_path, "r1")
+    base = {
+        "HOME": "/root",
+        "CLAUDE_CONFIG_DIR": "/root/.claude",
+        "TMPDIR": "/scratch",
+        "USER": "root",
+        "LOGNAME": "root",
+    }
+    identity = RunIdentity(0, 10977, 10977)  # no passwd entry here
+    env = child_environment(base, {}, run_marker="r1", dirs=dirs, identity=identity)
+    assert env["HOME"] == str(dirs.home)
+    assert env["CLAUDE_CONFIG_DIR"] == str(dirs.config)
+    assert env["TMPDIR"] == env["CLAUDE_CODE_TMPDIR"] == str(dirs.tmp)
+    assert "USER" not in env and "LOGNAME" not in env, "not the node's name"
+    shared = child_environment(base, {}, run_marker="r1", dirs=dirs)
+    assert shared["HOME"] == "/root", "a shared-uid run keeps the node's HOME"
 
 
 def test_max_retries_option_is_a_default_the_task_may_override() -> None:

@@ -48,3 +48,36 @@ def test_a_secret_that_contains_another_is_replaced_whole(secrets: SecretFilter)
     secrets.add_node_secrets(["abcdef"])
     with secrets.for_run("r1", ["abcdef-and-more"]):
         assert secrets.redact("x abcdef-and-more y abcdef", "r1") == "x *** y ***"
+
+
+def test_token_shapes_are_redacted_from_any_line(secrets: SecretFilter) -> None:
+    key = "AKIAIOSFODNN7EXAMPLE"
+    assert line(secrets, f"using {key} now") == "using *** now"
+    assert line(secrets, "using AKIAIOSFODNN7EXAMPL now") == "using AKIAIOSFODNN7EXAMPL now"
+
+
+def test_the_nodes_credentials_are_tracked_as_they_rotate(secrets: SecretFilter) -> None:
+    current = [["AKIAOLD0000000000000", "old-secret-key-value"]]
+    secrets.track_credentials(lambda: current[0])
+    assert line(secrets, "old-secret-key-value") == "***"
+    current[0] = ["ASIANEW0000000000000", "new-secret-key-value", "new-session-token"]
+    assert line(secrets, "new-secret-key-value") == "new-secret-key-value", "not read yet"
+    secrets.refresh_credentials()
+    assert line(secrets, "new-session-token old-secret-key-value") == "*** ***"
+
+
+def test_credentials_that_cannot_be_read_keep_the_known_ones(
+    secrets: SecretFilter, caplog: pytest.LogCaptureFixture
+) -> None:
+    answers: list[object] = [["first-secret-key-1"], OSError("endpoint down")]
+
+    def current() -> list[str]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    secrets.track_credentials(current)
+    secrets.refresh_credentials()
+    assert "could not read the node's AWS credentials" in caplog.text
+    assert line(secrets, "first-secret-key-1") == "***"

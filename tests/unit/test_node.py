@@ -61,8 +61,11 @@ class FakeRun:
         messages: RunSettler,
         control: RunControl,
         clock: Any,
+        identity: Any = None,
+        secret_source: Any = None,
     ) -> None:
         self.command = command
+        self.identity = identity
         self.attempt = attempt
         self.outbox = outbox
         self.messages = messages
@@ -385,9 +388,14 @@ def test_the_poller_never_asks_for_more_than_the_free_slots(
         time.sleep(0.3)
         assert len(fx.queue.of("receive")) == count, "no receive while every slot is taken"
 
+        assert [run.identity.slot for run in fx.runs()] == [0, 1], "a slot of its own each"
+
         fx.runs()[0].finish_ok.set()
         assert wait_until(lambda: len(fx.queue.of("receive")) > count)
         assert fx.queue.of("receive")[-1] == ("receive", 1, 7)
+        fx.queue.batches = [[message(run_task_body("run-3"), "m-3", "r-3")]]
+        assert wait_until(lambda: len(fx.runs()) == 3)
+        assert fx.runs()[2].identity.slot == 0, "the slot its run left"
     finally:
         fx.node.request_stop("test")
         poller.join(5)

@@ -744,3 +744,62 @@ def test_schemas_reject_malformed_events(event_type: str, mutate: Any) -> None:
     assert schema_errors(event_type, body) == []
     mutate(body)
     assert schema_errors(event_type, body)
+
+
+# --- task.secrets: references, not values ------------------------------------------
+
+SM_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:claude-code-scheduler/db-AbCdEf"
+SSM_ARN = "arn:aws:ssm:us-east-1:123456789012:parameter/claude-code-scheduler/token"
+
+
+def test_secrets_take_secrets_manager_arns_and_ssm_names_and_arns() -> None:
+    refs = {"DB": SM_ARN, "TOKEN": SSM_ARN, "KEY": "/claude-code-scheduler/key"}
+    document = command(secrets=refs, env={"PLAIN": "x"})
+    assert not schema_errors("RunTask", document)
+    parsed = parse_command(json.dumps(document))
+    assert {name: ref.service for name, ref in parsed.task.secrets.items()} == {
+        "DB": "secretsmanager",
+        "TOKEN": "ssm",
+        "KEY": "ssm",
+    }
+    assert parsed.task.secrets["KEY"].name == "claude-code-scheduler/key"
+    assert command_body(parsed)["task"]["secrets"] == refs
+    assert parse_command(parsed.to_json()) == parsed
+
+
+SECRETS_REFUSED = [
+    ("not-an-object", command(secrets=["DB=x"]), "task.secrets must be an object"),
+    ("not-a-string", command(secrets={"DB": 7}), "task.secrets['DB'] must be a string"),
+    ("bad-name", command(secrets={"1DB": SM_ARN}), "is not a valid environment name"),
+    ("s3-arn", command(secrets={"DB": "arn:aws:s3:::bucket"}), "neither a Secrets Manager"),
+    ("short-account", command(secrets={"DB": SM_ARN.replace("123456789012", "1234")}), "neither"),
+    ("double-slash", command(secrets={"DB": "a//b"}), "neither"),
+    ("too-many", command(secrets={f"S{n}": f"/p/{n}" for n in range(65)}), "at most 64"),
+]
+
+
+@pytest.mark.parametrize(
+    ("document", "fragment"), [c[1:] for c in SECRETS_REFUSED], ids=[c[0] for c in SECRETS_REFUSED]
+)
+def test_bad_secrets_are_invalid_commands_for_the_parser_and_the_schema(
+    document: dict[str, Any], fragment: str
+) -> None:
+    assert fragment in str(rejection(json.dumps(document)))
+    assert schema_errors("RunTask", document)
+
+
+def test_a_name_in_both_env_and_secrets_is_an_invalid_command() -> None:
+    """Which would win is nobody's guess to make. (The schema cannot compare
+    the two objects' names; its description says so.)"""
+    exc = rejection(json.dumps(command(env={"DB": "x"}, secrets={"DB": SM_ARN})))
+    assert "'DB' is in both task.env and task.secrets" in str(exc)
+
+
+def test_task_spec_repr_names_secrets_without_references() -> None:
+    parsed = parse_command(json.dumps(command(secrets={"DB": SM_ARN})))
+    assert "DB" in repr(parsed.task) and SM_ARN not in repr(parsed.task)
+
+
+def test_a_secret_error_matches_the_task_failed_schema() -> None:
+    event = task_failed("r-1", ErrorType.SECRET_ERROR, f"task.secrets[DB]: could not read {SM_ARN}")
+    assert not schema_errors("TaskFailed", event.body("n", "n", 1))

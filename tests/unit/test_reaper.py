@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import wait_until
+from tests.conftest import IN_CI, wait_until
 
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.reaper import RUN_MARKER
@@ -265,3 +265,81 @@ def test_proc_is_read_only_when_a_run_can_have_left_something_and_only_below_the
         "outsider": [],
         "insider": True,
     }
+
+
+UID_SCRIPT = """
+import json, os, subprocess, sys, time
+from claude_code_scheduler.node.process import reaper
+
+uid = int(sys.argv[1])
+assert reaper.become_subreaper()
+# As the run's uid: a child that double-forks a sleeper with an empty
+# environment in a session of its own, then exits; the sleeper reparents to
+# this process. It carries no marker: only its uid says whose it is.
+escape = (
+    "import os, subprocess as s, sys\\n"
+    "if os.fork() == 0:\\n"
+    "    p = s.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], env={},\\n"
+    "                start_new_session=True, stdout=s.DEVNULL, stderr=s.DEVNULL)\\n"
+    "    print(p.pid, flush=True)\\n"
+    "    os._exit(0)\\n"
+    "os.wait()\\n"
+)
+with reaper.spawning() as own:
+    cli = subprocess.Popen([sys.executable, "-c", escape], stdout=subprocess.PIPE, env={},
+                           user=uid, group=uid, extra_groups=[], cwd="/")
+    own.add(cli.pid)
+    neighbour = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                                 user=uid + 1, group=uid + 1, extra_groups=[], cwd="/")
+    own.add(neighbour.pid)
+escaped = int(cli.stdout.readline())
+cli.wait()
+reaper.forget(cli.pid)
+report = {
+    "found": sorted(reaper.run_processes("", uid=uid)) == [escaped],
+    "killed": reaper.kill_run("", uid=uid),
+    "escaped_gone": not os.path.exists(f"/proc/{escaped}"),
+    "neighbour_lives": neighbour.poll() is None,
+}
+neighbour.kill()
+neighbour.wait()
+reaper.forget(neighbour.pid)
+print(json.dumps(report))
+"""
+
+
+def test_a_run_of_its_own_uid_is_killed_by_uid_whatever_it_did_to_escape() -> None:
+    """No marker, no session, no parent of the run's: the uid finds it. A
+    process of the next slot's uid is left alone."""
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI=true: changing uids needs root")
+        pytest.skip("changing uids needs root")
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(UID_SCRIPT), "10977"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "found": True,
+        "killed": 1,
+        "escaped_gone": True,
+        "neighbour_lives": True,
+    }
+
+
+def test_the_uid_comes_from_status_which_an_undumpable_process_cannot_hide(
+    tmp_path: Path,
+) -> None:
+    """/proc/<pid> of an undumpable process belongs to root; its status still
+    says its uids."""
+    proc = tmp_path / "proc"
+    for pid, uids in {"20": "10100\t10100\t10100\t10100", "21": "0\t0\t0\t0"}.items():
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "stat").write_text(f"{pid} (sh) S 1 {pid} {pid}")
+        (proc / pid / "status").write_text(f"Name:\tsh\nUid:\t{uids}\nGid:\t0\t0\t0\t0\n")
+    assert reaper.run_processes("", proc, uid=10100) == {20}
+    assert reaper.run_processes("", proc, uid=10101) == set()

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import IN_CI
+from tests.unprivileged import let_other_users_through
 
 from claude_code_scheduler.node.output import OutputBatcher, OutputRecorder
 from claude_code_scheduler.node.process.claude import (
@@ -23,6 +25,7 @@ from claude_code_scheduler.node.process.claude import (
     succeeded,
     summarize_result,
 )
+from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity
 from claude_code_scheduler.node.process.reaper import RUN_MARKER
 from claude_code_scheduler.node.process.supervisor import ProcessResult, ProcessRun
 from claude_code_scheduler.protocol import MockSpec, TaskSpec
@@ -50,6 +53,7 @@ class Harness:
         kill_grace: float = 0.5,
         env: dict[str, str] | None = None,
         run_marker: str | None = None,
+        identity: RunIdentity = SHARED,
     ) -> ProcessResult:
         """Runs argv; the Claude result line it printed, if any, is in `result`."""
         tracker = ResultTracker()
@@ -63,6 +67,7 @@ class Harness:
             cancel=self.cancel,
             stdout_reader=tracker,
             run_marker=run_marker,
+            identity=identity,
         ).run()
         self.result = tracker.result
         return ended
@@ -309,6 +314,30 @@ def test_the_runs_marker_finds_a_process_in_a_session_of_its_own(harness: Harnes
     assert run.exit_code == 0
     assert (harness.cwd / "alive").exists(), "the escapee was running"
     assert wait_gone(int(harness.text().strip()))
+
+
+def test_a_run_of_its_own_uid_runs_as_it_and_its_escapee_is_killed_by_uid(
+    harness: Harness,
+) -> None:
+    """No marker in its environment: the uid alone finds the escapee."""
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI=true: changing uids needs root")
+        pytest.skip("changing uids needs root")
+    uid = 10978  # no node of another test uses it
+    let_other_users_through(harness.cwd)
+    os.chown(harness.cwd, uid, uid)
+    report = "import os; print(os.getuid(), os.getgid(), os.getgroups(), flush=True)\n"
+    run = harness.run(
+        python(report + ESCAPEE),
+        env={"PATH": os.environ["PATH"]},
+        identity=RunIdentity(0, uid, uid),
+    )
+    assert run.exit_code == 0, run.stderr_tail
+    ids, pid = harness.text().strip().splitlines()
+    assert ids == f"{uid} {uid} []"
+    assert (harness.cwd / "alive").exists(), "the escapee was running"
+    assert wait_gone(int(pid))
 
 
 def test_spawn_error_for_a_missing_binary(harness: Harness, tmp_path: Path) -> None:

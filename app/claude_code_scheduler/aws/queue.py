@@ -17,6 +17,9 @@ class ReceivedMessage:
     receipt_handle: str
     body: str
     receive_count: int
+    # When SQS took the message (SentTimestamp), in seconds since the epoch:
+    # set by SQS, not the sender, and the same at every receive.
+    sent_at: float | None = None
 
 
 class MessageQueue(Protocol):
@@ -49,7 +52,7 @@ class QueueClient:
             QueueUrl=self.url,
             MaxNumberOfMessages=max(1, min(max_messages, MAX_RECEIVE_BATCH)),
             WaitTimeSeconds=wait_seconds,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
         )
         return [
             ReceivedMessage(
@@ -57,6 +60,7 @@ class QueueClient:
                 receipt_handle=m["ReceiptHandle"],
                 body=m.get("Body", ""),
                 receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+                sent_at=_sent_at(m.get("Attributes", {}).get("SentTimestamp")),
             )
             for m in response.get("Messages", [])
         ]
@@ -68,3 +72,11 @@ class QueueClient:
 
     def delete(self, receipt_handle: str) -> None:
         self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=receipt_handle)
+
+
+def _sent_at(sent_timestamp: str | None) -> float | None:
+    """SentTimestamp is epoch milliseconds."""
+    try:
+        return int(sent_timestamp or "") / 1000
+    except ValueError:
+        return None

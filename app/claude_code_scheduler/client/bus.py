@@ -21,7 +21,7 @@ import botocore.exceptions
 
 from claude_code_scheduler.aws.errors import explain
 from claude_code_scheduler.aws.limits import MAX_RECEIVE_BATCH
-from claude_code_scheduler.protocol import EVENT_TYPES, RunTask
+from claude_code_scheduler.protocol import EVENT_TYPES
 
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
@@ -228,15 +228,16 @@ def _allow_topic(queue_arn: str, topic_arn: str) -> dict[str, Any]:
     }
 
 
-def send_to_topic(sns: SNSClient, topic_arn: str, command: RunTask) -> None:
+def send_to_topic(sns: SNSClient, topic_arn: str, body: str) -> None:
+    """Publish a command's wire form (RunTask.to_json, or a signed object)."""
     try:
-        sns.publish(TopicArn=topic_arn, Message=command.to_json())
+        sns.publish(TopicArn=topic_arn, Message=body)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise explain(exc, "--command-topic-arn", f"the topic {topic_arn}") from None
 
 
-def send_to_queue(sqs: SQSClient, queue_url: str, command: RunTask) -> None:
+def send_to_queue(sqs: SQSClient, queue_url: str, body: str) -> None:
     try:
-        sqs.send_message(QueueUrl=queue_url, MessageBody=command.to_json())
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise explain(exc, "--queue-url", f"the queue {queue_url}") from None

@@ -2,7 +2,8 @@
 
 They speak protocol version 1 through the same code the node uses: a RunTask
 is built with protocol.TaskSpec and checked with protocol.parse_command before
-it is sent, and events are read with the same types the node publishes.
+it is sent (and signed with protocol.signing when --signing-key names a key),
+and events are read with the same types the node publishes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
 from claude_code_scheduler.client.bus import (
     BusEvent,
     EventFilter,
@@ -25,6 +27,7 @@ from claude_code_scheduler.client.bus import (
     send_to_queue,
     send_to_topic,
 )
+from claude_code_scheduler.client.keys import read_signing_key
 from claude_code_scheduler.client.options import (
     aws_options,
     clients_for,
@@ -45,6 +48,12 @@ from claude_code_scheduler.protocol import (
     TaskSpec,
     parse_command,
 )
+from claude_code_scheduler.protocol.commands import command_body
+from claude_code_scheduler.protocol.signing import (
+    DEFAULT_TTL_SECONDS,
+    MAX_TTL_SECONDS,
+    sign_command,
+)
 
 RECEIVE_WAIT_SECONDS = 2  # short, so Ctrl-C is noticed quickly
 LATE_OUTPUT_SECONDS = 2.0
@@ -61,6 +70,20 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
             raise ConfigError(f"--env: {item.split('=')[0]!r} must look like NAME=VALUE")
         env[name] = value
     return env
+
+
+def _secret_pairs(values: tuple[str, ...]) -> dict[str, SecretRef]:
+    """--secret NAME=REF: where the node reads the value, not the value."""
+    secrets = {}
+    for item in values:
+        name, sep, ref = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--secret: {item!r} must look like NAME=REFERENCE")
+        try:
+            secrets[name] = parse_secret_ref(ref)
+        except ValueError as exc:
+            raise ConfigError(f"--secret {name}: {exc}") from None
+    return secrets
 
 
 def _tools(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -91,6 +114,7 @@ def build_command(options: dict[str, Any]) -> RunTask:
             max_turns=options.get("max_turns"),
             timeout_seconds=options.get("timeout"),
             env=_env_pairs(options.get("env", ())),
+            secrets=_secret_pairs(options.get("secrets", ())),
         ),
     )
     try:
@@ -111,6 +135,13 @@ def build_command(options: dict[str, Any]) -> RunTask:
 @click.option("--max-turns", type=click.IntRange(min=1))
 @click.option("--timeout", type=float, help="The run's timeout_seconds.")
 @click.option("--env", "env", multiple=True, help="NAME=VALUE for the CLI's environment; repeat.")
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    help="NAME=REFERENCE: a Secrets Manager ARN or SSM parameter the node reads into the "
+    "CLI's environment as NAME (docs/secrets.md); repeat.",
+)
 @click.option("--run-id", help="Run id. Default: a new uuid.")
 @click.option(
     "--command-topic-arn",
@@ -121,6 +152,20 @@ def build_command(options: dict[str, Any]) -> RunTask:
     "--queue-url",
     envvar="CLAUDE_NODE_QUEUE_URL",
     help="Or send straight to the nodes' SQS queue.",
+)
+@click.option(
+    "--signing-key",
+    envvar="CLAUDE_SIGNING_KEY",
+    help="Sign the command with this private Ed25519 JWK: a file path or a Secrets "
+    "Manager ARN (docs/signing.md).",
+)
+@click.option(
+    "--signature-ttl",
+    type=click.FloatRange(min=0, min_open=True, max=MAX_TTL_SECONDS),
+    default=DEFAULT_TTL_SECONDS,
+    show_default=True,
+    help="Seconds the signature stays valid: how long the command may wait in the "
+    "queue before a node takes it.",
 )
 @click.option("--wait", is_flag=True, help="Follow the run: output, status, exit code.")
 @click.option("--wait-timeout", type=float, default=None, help="Give up waiting (exit 124).")
@@ -133,13 +178,14 @@ def submit(**options: Any) -> None:
     validate_sources(options, reads=options["wait"])
     command = build_command(options)
     topic, queue = _send_target(click.get_current_context(), options)
+    body = wire_body(command, options)
     clients = clients_for(options, topic, queue, options.get("control_bus_arn"))
 
     def send() -> None:
         if topic:
-            send_to_topic(clients.sns, topic, command)
+            send_to_topic(clients.sns, topic, body)
         else:
-            send_to_queue(clients.sqs, str(queue), command)
+            send_to_queue(clients.sqs, str(queue), body)
         click.echo(command.run_id)
 
     if not options["wait"]:
@@ -152,6 +198,20 @@ def submit(**options: Any) -> None:
         send()  # after subscribing, so no event can be missed
         code = follow_run(reader, command.run_id, options, stop)
     raise SystemExit(code)
+
+
+def wire_body(command: RunTask, options: dict[str, Any]) -> str:
+    """The JSON to send: the command, signed when --signing-key names a key."""
+    if not options.get("signing_key"):
+        return command.to_json()
+    key = read_signing_key(options["signing_key"], options)
+    try:
+        signed = sign_command(
+            command_body(command), key, now=time.time(), ttl=options["signature_ttl"]
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--signing-key: {exc}") from None
+    return json.dumps(signed, separators=(",", ":"))
 
 
 def _send_target(ctx: click.Context, options: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -9,8 +9,8 @@ When a message is received, the first row that applies:
 
   | case                                    | decision                              |
   |-----------------------------------------|---------------------------------------|
-  | not a valid command                     | hold; publish TaskFailed              |
-  |                                         | InvalidCommand; delete once the bus   |
+  | not a valid command, or (the node has   | hold; publish TaskFailed              |
+  | verification keys) not validly signed   | InvalidCommand; delete once the bus   |
   |                                         | took it, else release                 |
   | its run is running or ending here       | hold with the run: settled with it    |
   | its run ended here and was deleted      | delete, and publish TaskFailed        |
@@ -35,6 +35,12 @@ At shutdown (`close`): everything still held is released.
 
 "Remember the run": the last REMEMBERED_RUNS run ids whose messages were
 deleted, so a late duplicate of a finished run is deleted, not run again.
+
+A signature (protocol.signing) is checked before anything else is read from
+the command, and as of the time SQS took the message (SentTimestamp), not the
+time it is received: a message handed back at a shutdown and received again
+later is the same message, sent once, and still runs; a copy sent again after
+the signature expired is a new message, and is refused.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Protocol
 
 from claude_code_scheduler.aws.queue import ReceivedMessage
 from claude_code_scheduler.node.leases import LeaseKeeper
@@ -116,13 +123,25 @@ class _Run:
 Publish = Callable[[Event], Delivery]
 
 
+class CommandVerifier(Protocol):
+    """Refuses a command object whose signature does not hold (node.trust)."""
+
+    def verify(self, command: dict[str, Any], *, sent_at: float | None) -> object: ...
+
+
 class MessageLifecycle:
     def __init__(
-        self, leases: LeaseKeeper, publish: Publish, *, remembered: int = REMEMBERED_RUNS
+        self,
+        leases: LeaseKeeper,
+        publish: Publish,
+        *,
+        remembered: int = REMEMBERED_RUNS,
+        verifier: CommandVerifier | None = None,
     ) -> None:
         self._leases = leases
         self._publish = publish
         self._remembered = remembered
+        self._verifier = verifier
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
         self._finished: OrderedDict[str, Ending] = OrderedDict()
@@ -132,7 +151,7 @@ class MessageLifecycle:
     def receive(self, message: ReceivedMessage, *, stopping: bool, has_slot: bool) -> Received:
         """The first table above."""
         try:
-            command = parse_command(message.body)
+            command = parse_command(message.body, self._verify_for(message))
         except InvalidCommand as exc:
             return self._reject(message, exc)
         except Exception:
@@ -175,6 +194,12 @@ class MessageLifecycle:
             self._leases.release([message.message_id])
         started = admission is Admission.START
         return Received(admission, command if started else None, run_id)
+
+    def _verify_for(self, message: ReceivedMessage) -> Callable[[dict[str, Any]], object] | None:
+        verifier = self._verifier
+        if verifier is None:
+            return None
+        return lambda command: verifier.verify(command, sent_at=message.sent_at)
 
     def _reject(self, message: ReceivedMessage, exc: InvalidCommand) -> Received:
         log.warning("invalid command: %s", exc, extra=_context(message, exc.run_id))

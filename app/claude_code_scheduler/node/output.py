@@ -1,9 +1,12 @@
 """Turning a run's output into TaskOutput chunks and a log file that match exactly.
 
-Both sides see the same decoded text: bytes from each stream go through an
-incremental UTF-8 decoder (a character split across reads is held back, invalid
-bytes become U+FFFD), then the text is appended to the spooled log and to the
-batcher. So the concatenation of the chunks is the log, byte for byte.
+Both sides see the same decoded, redacted text: bytes from each stream go
+through an incremental UTF-8 decoder (a character split across reads is held
+back, invalid bytes become U+FFFD), then through the stream's redactor (a
+secret split across reads is held back until it is whole, see
+claude_code_scheduler.redaction), and only then is the text appended to the
+spooled log and to the batcher. So the concatenation of the chunks is the log,
+byte for byte, and neither holds a secret the node knows.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from claude_code_scheduler.aws.limits import SNS_MAX_MESSAGE_BYTES
+from claude_code_scheduler.redaction import Redactor, StreamRedactor
 
 # The protocol's own limit on one chunk's text, in UTF-8 bytes.
 MAX_CHUNK_BYTES = 192 * 1024
@@ -116,28 +120,49 @@ class OutputBatcher:
         return text[:low]
 
 
-class OutputRecorder:
-    """Decodes raw bytes per stream and feeds the log file and the batcher alike."""
+# Token shapes only: what a recorder redacts when it is given no run's values.
+TOKENS_ONLY = Redactor()
 
-    def __init__(self, log: BinaryIO, batcher: OutputBatcher) -> None:
+
+class OutputRecorder:
+    """Decodes and redacts raw bytes per stream, and feeds the log file and the
+    batcher alike. `redactor` None records the output as it is (tests' control)."""
+
+    def __init__(
+        self, log: BinaryIO, batcher: OutputBatcher, redactor: Redactor | None = TOKENS_ONLY
+    ) -> None:
         self._log = log
         self._batcher = batcher
         self._decoders = {
             stream: codecs.getincrementaldecoder("utf-8")(errors="replace")
             for stream in ("stdout", "stderr")
         }
+        self._redactors: dict[str, StreamRedactor] | None = (
+            None
+            if redactor is None
+            else {stream: redactor.stream() for stream in ("stdout", "stderr")}
+        )
+        # What the log holds: bytes after redaction.
         self.bytes_written = 0
 
     def feed(self, stream: str, data: bytes, now: float) -> None:
-        self._write(stream, self._decoders[stream].decode(data), now)
+        text = self._decoders[stream].decode(data)
+        if self._redactors is not None:
+            text = self._redactors[stream].feed(text)
+        self._write(stream, text, now)
 
     def poll(self, now: float) -> None:
         self._batcher.poll(now)
 
     def finish(self, now: float) -> None:
-        """End of output: whatever a decoder still holds is an incomplete character."""
+        """End of output: whatever a decoder still holds is an incomplete
+        character, and what a redactor holds back is released."""
         for stream, decoder in self._decoders.items():
-            self._write(stream, decoder.decode(b"", final=True), now)
+            text = decoder.decode(b"", final=True)
+            if self._redactors is not None:
+                redactor = self._redactors[stream]
+                text = redactor.feed(text) + redactor.flush()
+            self._write(stream, text, now)
         self._batcher.flush()
         self._log.flush()
 

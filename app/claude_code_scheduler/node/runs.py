@@ -23,6 +23,7 @@ from claude_code_scheduler import logsetup
 from claude_code_scheduler.aws.errors import error_code
 from claude_code_scheduler.aws.logstore import LogUploader
 from claude_code_scheduler.aws.retry import through_outage
+from claude_code_scheduler.aws.secrets import SecretSource
 from claude_code_scheduler.node.config import NodeConfig, log_key
 from claude_code_scheduler.node.messages import Ending, MessageAction, action_after_run
 from claude_code_scheduler.node.outbox import Delivery, EventSink
@@ -37,7 +38,9 @@ from claude_code_scheduler.node.process.claude import (
     summarize_result,
 )
 from claude_code_scheduler.node.process.environment import RunDirs, child_environment
+from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity, remove_files_of
 from claude_code_scheduler.node.process.supervisor import ProcessResult, ProcessRun
+from claude_code_scheduler.node.secrets import SecretError, SecretResolver
 from claude_code_scheduler.protocol import RunTask
 from claude_code_scheduler.protocol.events import (
     ErrorType,
@@ -96,8 +99,13 @@ class TaskRun:
         messages: RunSettler,
         control: RunControl,
         environ: Mapping[str, str] | None = None,
+        identity: RunIdentity = SHARED,
+        secret_source: SecretSource | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`identity`: the run slot's uid and gid, which the run's processes
+        and folders get (isolation.py). `secret_source` reads task.secrets
+        (None: a task that names any fails with SecretError)."""
         self._config = config
         self._command = command
         self._attempt = attempt
@@ -106,6 +114,12 @@ class TaskRun:
         self._messages = messages
         self._control = control
         self._environ = dict(os.environ) if environ is None else dict(environ)
+        self._identity = identity
+        self._secret_source = secret_source
+        # The task's own variables for the CLI: task.env, then the resolved
+        # task.secrets (execute); held in memory only.
+        self._task_env = dict(command.task.env)
+        self._redactor = logsetup.SECRETS.redactor(None)
         self._clock = clock
         self._chunk_index = 0
         self._timeout = command.task.timeout_seconds or config.task_timeout
@@ -128,8 +142,17 @@ class TaskRun:
             )
         )
         self._deadline = self._clock() + self._timeout
+        # The node's credentials as they are now: a rotated set is redacted too.
+        logsetup.SECRETS.refresh_credentials()
+        try:
+            self._task_env.update(self._resolve_secrets())
+        except SecretError as exc:
+            return self._unresolved(exc)
         spool = self._config.work_dir / ".logs" / f"{self.run_id}-{uuid.uuid4().hex[:8]}.log"
-        with logsetup.SECRETS.for_run(self.run_id, task.env.values()):
+        with logsetup.SECRETS.for_run(self.run_id, self._task_env.values()):
+            # The run's output, its log and its events are redacted with the
+            # task's values and secrets, from the first byte.
+            self._redactor = logsetup.SECRETS.redactor(self.run_id)
             try:
                 process, result_line = self._run_process(spool)
                 outcome = self._conclude(process, result_line, spool)
@@ -138,20 +161,59 @@ class TaskRun:
             self._report(outcome, process)
         return outcome
 
+    def _resolve_secrets(self) -> dict[str, str]:
+        """task.secrets, read with the node's role (node.secrets); the time it
+        takes counts against the run's timeout."""
+        secrets = self._command.task.secrets
+        if not secrets:
+            return {}
+        if self._secret_source is None:
+            raise SecretError("task.secrets: this node has no secret reader")
+        resolver = SecretResolver(self._secret_source, self._config.secrets_prefix)
+        return resolver.resolve(secrets, interrupt=self._control.cancel, time_left=self._time_left)
+
+    def _time_left(self) -> float:
+        return max(0.0, self._deadline - self._clock())
+
+    def _unresolved(self, exc: SecretError) -> RunOutcome:
+        """The run ends before its CLI starts: SecretError, not retried (a
+        missing or forbidden secret stays so), or handed back if the node is
+        stopping. The message names the reference and the AWS error, no value."""
+        started = self._deadline - self._timeout
+        process = ProcessResult(
+            exit_code=None, duration_seconds=self._clock() - started, output_bytes=0, stderr_tail=""
+        )
+        with logsetup.SECRETS.for_run(self.run_id, self._task_env.values()):
+            if exc.interrupted:
+                ending, error_type = Ending.HANDED_BACK, ErrorType.NODE_SHUTDOWN
+            else:
+                ending, error_type = Ending.FAILED, ErrorType.SECRET_ERROR
+            event = task_failed(
+                self.run_id,
+                error_type,
+                self._redact(str(exc)),
+                duration_seconds=process.duration_seconds,
+                retryable=ending is Ending.HANDED_BACK,
+            )
+            outcome = RunOutcome(ending, event)
+            self._report(outcome, process)
+        return outcome
+
     def _run_process(self, spool: Path) -> tuple[ProcessResult, dict[str, Any] | None]:
         task = self._command.task
-        dirs = RunDirs.create(self._config.work_dir, self.run_id)
+        dirs = RunDirs.create(self._config.work_dir, self.run_id, self._identity)
         argv = (
             mock_argv(task)
             if self._config.mock_mode
-            else claude_argv(self._config.claude_bin, task)
+            else claude_argv(self._config.claude_bin, task, bash_sandbox=self._config.bash_sandbox)
         )
         marker = reaper.new_marker(self.run_id)
         env = child_environment(
             self._environ,
-            task.env,
+            self._task_env,
             run_marker=marker,
             dirs=dirs,
+            identity=self._identity,
             keep_aws_credentials=self._config.pass_aws_credentials,
             claude_max_retries=self._config.claude_max_retries,
         )
@@ -163,17 +225,31 @@ class TaskRun:
                     argv,
                     cwd=dirs.cwd,
                     env=env,
-                    recorder=OutputRecorder(log_file, batcher),
-                    timeout=self._timeout,
+                    recorder=OutputRecorder(log_file, batcher, self._redactor),
+                    # What is left of the run's timeout after reading its secrets.
+                    timeout=self._time_left(),
                     kill_grace=self._config.kill_grace,
                     cancel=self._control.cancel,
                     stdout_reader=tracker,
                     run_marker=marker,
+                    identity=self._identity,
                     clock=self._clock,
                 )
                 return process.run(), tracker.result
         finally:
-            dirs.remove()
+            self._clear_slot(marker, dirs)
+
+    def _clear_slot(self, marker: str, dirs: RunDirs) -> None:
+        """Nothing of the run may be left for the slot's next run: its
+        processes (the supervisor killed them; again here for a run the pump
+        left by an exception), then its folder and, under a uid of its own,
+        what that uid left in /tmp, /var/tmp and /dev/shm."""
+        reaper.kill_run(marker, uid=self._identity.uid)
+        dirs.remove()
+        if self._identity.uid is not None:
+            removed = remove_files_of(self._identity.uid)
+            if removed:
+                log.info("removed %d file(s) the run left in shared folders", removed)
 
     def _emit_output(self, stream: str, text: str) -> None:
         event = task_output(self.run_id, self._chunk_index, stream, text)

@@ -1,5 +1,6 @@
-"""Start-up checks that need the outside world: the queue and the Claude CLI,
-and the warnings a real-mode node gives about its environment.
+"""Start-up checks that need the outside world: the queue, the Claude CLI, what
+each run uid can execute, and the warnings a real-mode node gives about its
+environment.
 
 Each failure becomes a ConfigError naming the option, so the command line can
 print one line and exit 2 instead of a traceback.
@@ -10,8 +11,10 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import botocore.exceptions
 import tenacity
@@ -21,10 +24,18 @@ from claude_code_scheduler.aws.queue import MessageQueue
 from claude_code_scheduler.errors import ConfigError
 from claude_code_scheduler.node.config import NodeConfig
 from claude_code_scheduler.node.leases import LEASE_CALL_SECONDS, MIN_VISIBILITY_SECONDS
+from claude_code_scheduler.node.process import mockcli
+from claude_code_scheduler.node.process.isolation import (
+    IsolationPolicy,
+    RunIdentity,
+    unreachable_reason,
+)
 
 log = logging.getLogger(__name__)
 
 CLI_VERSION_TIMEOUT_SECONDS = 30
+PROBE_TIMEOUT_SECONDS = 30
+REACH_ADVICE = "install the node where other users can reach it, as the image does"
 # Backoff between tries to reach the queue: 0.5 s doubling to 5 s, plus up to
 # 0.5 s of jitter so that a fleet restarting together does not call in step.
 STARTUP_BACKOFF_FIRST = 0.5
@@ -137,16 +148,11 @@ CLAUDE_CREDENTIAL_VARS = (
 )
 
 
-def real_mode_warnings(config: NodeConfig, environ: Mapping[str, str], euid: int) -> list[str]:
+def real_mode_warnings(config: NodeConfig, environ: Mapping[str, str]) -> list[str]:
     """What a real-mode node should tell its operator at start-up. None of it
-    stops the node: a task may bring its own key, and only some tasks ask for
-    bypassPermissions."""
+    stops the node: a task may bring its own key. (No word about root: a root
+    node never runs the CLI as root, so bypassPermissions works.)"""
     warnings = []
-    if euid == 0:
-        warnings.append(
-            "running as root: the Claude CLI refuses permission_mode bypassPermissions "
-            "to root, so such tasks will fail; run the node as a non-root user"
-        )
     if not any(environ.get(name) for name in CLAUDE_CREDENTIAL_VARS):
         warnings.append(
             "no Claude credentials in the environment ("
@@ -159,3 +165,72 @@ def real_mode_warnings(config: NodeConfig, environ: Mapping[str, str], euid: int
             "AWS credentials"
         )
     return warnings
+
+
+def run_programs(claude_path: str | None) -> tuple[list[str], list[Path]]:
+    """What a run executes, as a probe argv, and the files a run uid must reach:
+    the CLI in real mode; in mock mode the node's own interpreter and package."""
+    if claude_path is not None:
+        return [claude_path, "--version"], [Path(claude_path)]
+    return [sys.executable, "-c", f"import {mockcli.__name__}"], [
+        Path(sys.executable),
+        Path(mockcli.__file__),
+    ]
+
+
+def check_run_identities(
+    policy: IsolationPolicy,
+    probe_argv: Sequence[str],
+    reached: Sequence[Path],
+    work_dir: Path,
+    env: Mapping[str, str],
+) -> None:
+    """Each run uid can execute what its runs will execute and reach the work
+    root: proved by running `probe_argv` as that uid, explained (when it
+    fails) by the mode bits on the way. A ConfigError of one line otherwise."""
+    if not policy.isolated:
+        return
+    for identity in policy.identities():
+        failure = _probe(identity, probe_argv, env)
+        if failure is not None:
+            raise ConfigError(_unreachable(identity, probe_argv, reached, failure))
+        assert identity.uid is not None and identity.gid is not None
+        reason = unreachable_reason(work_dir, identity.uid, identity.gid)
+        if reason is not None:
+            raise ConfigError(
+                f"--work-dir: run {identity.describe()} cannot reach {work_dir}: {reason}; "
+                "choose a work folder every user can pass through"
+            )
+
+
+def _probe(identity: RunIdentity, argv: Sequence[str], env: Mapping[str, str]) -> str | None:
+    try:
+        done = subprocess.run(
+            list(argv),
+            cwd="/",
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_SECONDS,
+            check=False,
+            **identity.popen_options(),
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        return f"exited {done.returncode}" + (f": {detail[-1]}" if detail else "")
+    return None
+
+
+def _unreachable(
+    identity: RunIdentity, argv: Sequence[str], reached: Sequence[Path], failure: str
+) -> str:
+    assert identity.uid is not None and identity.gid is not None
+    for path in reached:
+        bits = 1 if path.suffix != ".py" else 4
+        reason = unreachable_reason(path, identity.uid, identity.gid, bits=bits)
+        if reason is not None:
+            return f"run {identity.describe()} cannot execute {path}: {reason}; {REACH_ADVICE}"
+    return f"run {identity.describe()} cannot run {' '.join(argv)}: {failure}"

@@ -14,18 +14,24 @@ Shutdown order (SIGTERM or SIGINT):
    brings back is released at once;
 2. idle: go straight to 4;
 3. busy: let runs finish for up to `shutdown_timeout` (a second signal skips
-   this); then terminate what is left, upload its log, publish TaskFailed
-   NodeShutdown and hand its message back;
+   this); then terminate what is left, all at once, upload its log, publish
+   TaskFailed NodeShutdown and hand its message back;
 4. stop heartbeats, publish NodeDeregistered, close the outbox (nothing is
    published after this, and what it gave up on counts as not delivered, so
    its message goes back);
 5. wait for the poll in flight to return; release whatever run is still
    held; give the lease keeper a few seconds for its last writes; exit 0.
+
+Every step waits on one timeline that starts at the first signal (see
+`ShutdownBudget`), so the node exits within `shutdown_timeout + kill_grace +
+SHUTDOWN_MARGIN_SECONDS` however many runs it has: runs are stopped
+together, never one after another.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,13 +42,15 @@ from claude_code_scheduler.aws.logstore import LogUploader
 from claude_code_scheduler.aws.protection import TaskProtection
 from claude_code_scheduler.aws.queue import MessageQueue, ReceivedMessage
 from claude_code_scheduler.aws.retry import full_jitter
+from claude_code_scheduler.aws.secrets import SecretSource
 from claude_code_scheduler.errors import ConfigError
 from claude_code_scheduler.node import health
 from claude_code_scheduler.node.config import NodeConfig
 from claude_code_scheduler.node.leases import LeaseKeeper
-from claude_code_scheduler.node.messages import Admission, MessageLifecycle
+from claude_code_scheduler.node.messages import Admission, CommandVerifier, MessageLifecycle
 from claude_code_scheduler.node.outbox import EventSink
 from claude_code_scheduler.node.process import reaper
+from claude_code_scheduler.node.process.isolation import IsolationPolicy
 from claude_code_scheduler.node.runs import RunControl, TaskRun
 from claude_code_scheduler.protocol import RunTask
 from claude_code_scheduler.protocol.events import (
@@ -63,6 +71,15 @@ FINAL_PUBLISH_SECONDS = 5.0
 HAND_BACK_SECONDS = 10.0
 # How long the last SQS writes (the releases of step 5) may take.
 FINAL_WRITES_SECONDS = 5.0
+# How long terminated runs get, after HAND_BACK_SECONDS, once told to give up
+# on their uploads and events.
+GIVE_UP_SECONDS = 5.0
+# What the shutdown may take beyond shutdown_timeout + kill_grace: hand-backs,
+# giving up, the closing events and the last writes, with 5 s to spare for
+# calls already in flight (each bounded by aws.clients.CallBounds).
+SHUTDOWN_MARGIN_SECONDS = (
+    HAND_BACK_SECONDS + GIVE_UP_SECONDS + FINAL_PUBLISH_SECONDS + FINAL_WRITES_SECONDS + 5.0
+)
 IDLE_WAIT = 0.5
 
 
@@ -78,10 +95,56 @@ class NodeStats:
     failed: int = 0
 
 
+@dataclass(frozen=True)
+class ShutdownBudget:
+    """The shutdown's one timeline, from the first signal: each step waits
+    until its own deadline on it, never for a time of its own after the step
+    before. The whole ends at `exit_by`."""
+
+    signalled: float
+    shutdown_timeout: float
+    kill_grace: float
+
+    @property
+    def runs_stop_by(self) -> float:
+        """Runs may go on until here; then they are terminated."""
+        return self.signalled + self.shutdown_timeout
+
+    @property
+    def hand_backs_by(self) -> float:
+        """Terminated runs have uploaded their logs and published by here."""
+        return self.runs_stop_by + self.kill_grace + HAND_BACK_SECONDS
+
+    @property
+    def exit_by(self) -> float:
+        return self.runs_stop_by + self.kill_grace + SHUTDOWN_MARGIN_SECONDS
+
+    def left(self, until: float, now: float) -> float:
+        return max(0.0, min(until, self.exit_by) - now)
+
+
+def protection_margin(config: NodeConfig) -> float:
+    """How long ECS protection must outlast a run's deadline: the kill at the
+    deadline, the run's upload and terminal event, and a shutdown that may
+    begin just then."""
+    return (
+        config.kill_grace
+        + HAND_BACK_SECONDS
+        + config.shutdown_timeout
+        + config.kill_grace
+        + SHUTDOWN_MARGIN_SECONDS
+    )
+
+
 @dataclass
 class _ActiveRun:
     thread: threading.Thread
     control: RunControl
+    # When the run's own timeout ends it (the node's clock): what task
+    # protection must cover.
+    deadline: float
+    # The run slot, whose uid the run runs as (isolation.py): one run at a time.
+    slot: int = 0
 
 
 class Node:
@@ -95,21 +158,31 @@ class Node:
         leases: LeaseKeeper,
         registration: Event,
         protection: TaskProtection | None = None,
+        verifier: CommandVerifier | None = None,
+        isolation: IsolationPolicy | None = None,
+        secret_source: SecretSource | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`isolation`: as whom each slot's runs run; by default the node's own uid."""
         self._config = config
-        self._protection = protection or TaskProtection(None, 1)
+        # Reads task.secrets for each run (node.secrets).
+        self._secret_source = secret_source
+        self._isolation = isolation or IsolationPolicy(
+            False, config.max_concurrent_tasks, config.run_uid_base, os.geteuid()
+        )
+        self._protection = protection or TaskProtection(None, margin_seconds=0.0)
         self._queue = queue
         self._outbox = outbox
         self._logs = logs
         self._leases = leases
-        self._messages = MessageLifecycle(leases, outbox.publish)
+        self._messages = MessageLifecycle(leases, outbox.publish, verifier=verifier)
         self._registration = registration
         self._clock = clock
         self._stats = NodeStats(started=clock())
         self._stop = threading.Event()
         self._force = threading.Event()
         self._stop_reason = "stopped"
+        self._stopped_at: float | None = None
         self._lock = threading.Condition()
         self._active: dict[str, _ActiveRun] = {}
         self._poller = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
@@ -126,6 +199,7 @@ class Node:
             self._force.set()
         else:
             self._stop_reason = reason
+            self._stopped_at = self._clock()
             self._stop.set()
 
     # --- main ---------------------------------------------------------------
@@ -147,42 +221,59 @@ class Node:
         self._poller.start()
         while not self._stop.wait(IDLE_WAIT):
             pass
-        return self._shutdown()
+        return self._shutdown(self._budget())
 
-    def _shutdown(self) -> int:
+    def _budget(self) -> ShutdownBudget:
+        # The poll loop's wait notices the signal up to IDLE_WAIT late; the
+        # timeline starts at the signal itself where it was recorded.
+        signalled = self._stopped_at if self._stopped_at is not None else self._clock()
+        return ShutdownBudget(signalled, self._config.shutdown_timeout, self._config.kill_grace)
+
+    def _shutdown(self, budget: ShutdownBudget) -> int:
         """Steps 2 to 5 of the order at the top of this module."""
         log.info("stopping (%s)", self._stop_reason)
         if self._busy():
-            self._drain()
+            self._drain(budget)
         self._heartbeat_stop.set()
-        self._heartbeat.join(5.0)
+        self._heartbeat.join(budget.left(self._clock() + 5.0, self._clock()))
         self._outbox.publish(node_deregistered(self._stop_reason, self._counters()))
-        self._outbox.close(self._clock() + FINAL_PUBLISH_SECONDS)
+        closing_by = budget.exit_by - FINAL_WRITES_SECONDS - 5.0
+        self._outbox.close(min(self._clock() + FINAL_PUBLISH_SECONDS, closing_by))
         self._write_state("deregistered")
         log.info("node deregistered")
         # boto3 cannot cancel a long poll; abandoning it would hide what it
-        # returns for a whole visibility timeout, so wait for it to come back.
-        self._poller.join(self._config.poll_wait_seconds + 10.0)
+        # returns for a whole visibility timeout, so wait for it to come back:
+        # it began before the signal, so it answers within its wait and read
+        # bound of the signal.
+        poll_returns_by = budget.signalled + self._config.poll_wait_seconds + 10.0
+        self._poller.join(budget.left(min(poll_returns_by, closing_by), self._clock()))
+        if self._poller.is_alive():
+            log.warning("the receive in flight did not return; what it brings reappears later")
         self._messages.close()
-        self._leases.stop(self._clock() + FINAL_WRITES_SECONDS)
+        self._leases.stop(min(self._clock() + FINAL_WRITES_SECONDS, budget.exit_by))
         return 0
 
-    def _drain(self) -> None:
-        deadline = self._clock() + self._config.shutdown_timeout
+    def _drain(self, budget: ShutdownBudget) -> None:
         log.info("waiting up to %gs for runs to finish", self._config.shutdown_timeout)
         with self._lock:
-            while self._active and not self._force.is_set() and self._clock() < deadline:
+            while self._active and not self._force.is_set() and self._clock() < budget.runs_stop_by:
                 self._lock.wait(0.2)
             left = list(self._active.items())
         for run_id, active in left:
             log.warning("terminating run at shutdown", extra={"run_id": run_id})
             active.control.cancel.set()
-        hard_deadline = self._clock() + self._config.kill_grace + HAND_BACK_SECONDS
+        # Terminated together, so these waits overlap: the time is the
+        # slowest run's, not the sum of all of them.
+        hand_backs_by = min(
+            budget.hand_backs_by, self._clock() + self._config.kill_grace + HAND_BACK_SECONDS
+        )
         for _, active in left:
-            active.thread.join(max(0.0, hard_deadline - self._clock()))
+            active.thread.join(budget.left(hand_backs_by, self._clock()))
         for _, active in left:
             active.control.give_up.set()
-            active.thread.join(5.0)
+        given_up_by = self._clock() + GIVE_UP_SECONDS
+        for _, active in left:
+            active.thread.join(budget.left(given_up_by, self._clock()))
 
     # --- polling ------------------------------------------------------------
 
@@ -232,8 +323,18 @@ class Node:
                 with self._lock:
                     self._stats.failed += 1
 
+    def _free_slot(self) -> int:
+        """The lowest slot no active run holds (called with the lock held). A
+        slot is free once its run's thread ended, and a run's thread ends only
+        after every process of the run is gone: the next run of the slot, under
+        the same uid, finds nothing of the last."""
+        taken = {active.slot for active in self._active.values()}
+        return min(set(range(self._config.max_concurrent_tasks)) - taken)
+
     def _start_run(self, command: RunTask, attempt: int) -> None:
         control = RunControl()
+        with self._lock:  # only the poller starts runs: the slot stays free until taken below
+            slot = self._free_slot()
         run = TaskRun(
             self._config,
             command,
@@ -242,13 +343,18 @@ class Node:
             logs=self._logs,
             messages=self._messages,
             control=control,
+            identity=self._isolation.identity(slot),
+            secret_source=self._secret_source,
             clock=self._clock,
         )
         thread = threading.Thread(
             target=self._run_thread, args=(run,), name=f"run-{command.run_id}", daemon=True
         )
+        timeout = command.task.timeout_seconds or self._config.task_timeout
         with self._lock:
-            self._active[command.run_id] = _ActiveRun(thread, control)
+            self._active[command.run_id] = _ActiveRun(
+                thread, control, self._clock() + timeout, slot
+            )
         try:
             thread.start()
         except BaseException:
@@ -260,9 +366,13 @@ class Node:
         with self._lock:
             return bool(self._active)
 
+    def _run_deadlines(self) -> list[float]:
+        with self._lock:
+            return [active.deadline for active in self._active.values()]
+
     def _run_thread(self, run: TaskRun) -> None:
         completed = False
-        self._protection.sync(self._busy)
+        self._protection.sync(self._run_deadlines)
         try:
             completed = run.execute().completed
         except Exception as exc:
@@ -280,7 +390,7 @@ class Node:
                 # Every orphan now is a leftover of a run that ended, even one
                 # that shed the run's marker.
                 reaper.kill_orphans()
-            self._protection.sync(self._busy)
+            self._protection.sync(self._run_deadlines)
 
     # --- heartbeats -------------------------------------------------------------
 
@@ -289,6 +399,9 @@ class Node:
             beat = self.heartbeat()
             self._outbox.publish(beat)
             self._write_state(beat.data["status"])
+            # Retries a protection call that failed, and ends protection the
+            # ECS agent refused to change while runs were ending.
+            self._protection.sync(self._run_deadlines)
 
     def _write_state(self, status: str) -> None:
         """The health check's view of this node; a failure to write is logged,

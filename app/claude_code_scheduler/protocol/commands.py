@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from claude_code_scheduler.aws.limits import MAX_VISIBILITY_SECONDS
+from claude_code_scheduler.aws.names import SecretRef
 
 PROTOCOL_VERSION = 1
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -26,6 +27,13 @@ MAX_MOCK_OUTPUT_BYTES = 100 * 1024 * 1024
 MAX_ARGUMENT_BYTES = 128 * 1024 - 1
 # name, task_id and model: echoed in events, so bounded well below SNS's limit.
 MAX_LABEL_CHARS = 256
+# task.secrets: each one is a GetSecretValue or GetParameter call made one
+# after another before the run starts, within its timeout, and every value
+# must fit the CLI's environment with the rest (Linux's ARG_MAX, about 2 MiB
+# with the argv, against Secrets Manager's 64 KiB per secret). 64 covers a
+# task's real needs (GitHub Actions lets a job read 100) and bounds both the
+# wait and the command's size.
+MAX_TASK_SECRETS = 64
 MAX_TOOL_PATTERN_CHARS = 1024
 # A model name or a tool pattern: what the CLI can take for one, and never
 # something it reads as a flag (a value that starts with "-").
@@ -60,11 +68,18 @@ class TaskSpec:
     max_turns: int | None = None
     timeout_seconds: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Environment names mapped to where their values are kept; the node reads
+    # them at run time (node.secrets). References are not secret.
+    secrets: dict[str, SecretRef] = field(default_factory=dict)
     mock: MockSpec = field(default_factory=MockSpec)
 
     def __repr__(self) -> str:
         # Task env values are secrets as far as the node knows: never print them.
-        return f"TaskSpec(name={self.name!r}, task_id={self.task_id!r}, env={sorted(self.env)})"
+        # Secret references are not, but only the names are needed here too.
+        return (
+            f"TaskSpec(name={self.name!r}, task_id={self.task_id!r}, env={sorted(self.env)}, "
+            f"secrets={sorted(self.secrets)})"
+        )
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,7 @@ def command_body(command: RunTask) -> dict[str, Any]:
         "max_turns": task.max_turns,
         "timeout_seconds": task.timeout_seconds,
         "env": dict(task.env) or None,
+        "secrets": {name: ref.ref for name, ref in task.secrets.items()} or None,
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     if task.mock != MockSpec():

@@ -56,6 +56,8 @@ class ErrorType(StrEnum):
     NODE_SHUTDOWN = "NodeShutdown"
     NODE_ERROR = "NodeError"
     DUPLICATE = "Duplicate"
+    # A task.secrets reference the node may not or cannot read.
+    SECRET_ERROR = "SecretError"  # noqa: S105 - a name, not a password
 
 
 class NodeStatus(StrEnum):
@@ -149,6 +151,7 @@ def node_registered(
     claude_version: str | None,
     started_at: float,
     ecs: EcsTask | None,
+    requires_signatures: bool = False,
 ) -> Event:
     return Event(
         EventType.NODE_REGISTERED,
@@ -160,6 +163,7 @@ def node_registered(
             "max_concurrent_tasks": max_concurrent_tasks,
             "claude_version": claude_version,
             "started_at": iso(started_at),
+            "requires_signatures": requires_signatures,
             "ecs": None
             if ecs is None
             else {

@@ -12,13 +12,16 @@ is always publishable. No I/O here.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
 from claude_code_scheduler.protocol.commands import (
     ENV_NAME_PATTERN,
     MAX_ARGUMENT_BYTES,
     MAX_LABEL_CHARS,
     MAX_MOCK_OUTPUT_BYTES,
+    MAX_TASK_SECRETS,
     MAX_TIMEOUT_SECONDS,
     MAX_TOOL_PATTERN_CHARS,
     MODEL_PATTERN,
@@ -44,6 +47,7 @@ _TASK_KEYS = frozenset(
         "max_turns",
         "timeout_seconds",
         "env",
+        "secrets",
         "mock",
     }
 )
@@ -83,8 +87,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_command(body: str) -> RunTask:
-    """Parse and validate a command body; raises InvalidCommand saying what is wrong."""
+def parse_command(body: str, verify: Callable[[dict[str, Any]], object] | None = None) -> RunTask:
+    """Parse and validate a command body; raises InvalidCommand saying what is wrong.
+
+    `verify`, when given, sees the command object (unwrapped from any SNS
+    envelope) before anything else is read from it, and raises InvalidCommand
+    to refuse it (protocol.signing: a node that requires signatures)."""
     document = unwrap_body(body)
     if not isinstance(document, dict):
         raise InvalidCommand("command must be a JSON object")
@@ -93,6 +101,8 @@ def parse_command(body: str) -> RunTask:
         run_id if isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) else None
     )
     try:
+        if verify is not None:
+            verify(document)
         return _parse_document(document)
     except InvalidCommand as exc:
         exc.run_id = readable_run_id
@@ -100,7 +110,12 @@ def parse_command(body: str) -> RunTask:
 
 
 def _parse_document(document: dict[str, Any]) -> RunTask:
-    _reject_unknown(document, frozenset({"type", "version", "run_id", "task"}), "command")
+    _reject_unknown(
+        document, frozenset({"type", "version", "run_id", "task", "signature"}), "command"
+    )
+    # Checked by `verify` where the node requires signatures, ignored elsewhere.
+    if "signature" in document and not isinstance(document["signature"], str):
+        raise InvalidCommand("signature must be a string (a compact JWS)")
     if document.get("type") != "RunTask":
         raise InvalidCommand(f"type must be 'RunTask', got {quote(document.get('type'))}")
     version = document.get("version")
@@ -137,6 +152,7 @@ def _parse_task(task: dict[str, Any]) -> TaskSpec:
         raise InvalidCommand(
             f"task.timeout_seconds must be above 0 and at most {MAX_TIMEOUT_SECONDS}"
         )
+    env = _env(task)
     return TaskSpec(
         prompt=prompt,
         name=_text(task, "name", max_chars=MAX_LABEL_CHARS),
@@ -147,7 +163,8 @@ def _parse_task(task: dict[str, Any]) -> TaskSpec:
         disallowed_tools=_tool_list(task, "disallowed_tools"),
         max_turns=max_turns,
         timeout_seconds=timeout,
-        env=_env(task),
+        env=env,
+        secrets=_secrets(task, env),
         mock=_mock(task),
     )
 
@@ -232,6 +249,36 @@ def _env(task: dict[str, Any]) -> dict[str, str]:
             raise InvalidCommand(f"task.env[{quote(name)}] must be a string")
         _check_text(item, f"task.env[{quote(name)}]", max_bytes=MAX_ARGUMENT_BYTES - len(name) - 1)
     return dict(value)
+
+
+def _secrets(task: dict[str, Any], env: dict[str, str]) -> dict[str, SecretRef]:
+    """task.secrets: NAME -> a Secrets Manager ARN, or an SSM parameter name or
+    ARN. Whether the node may read it (its --secrets-prefix) is the node's
+    decision at run time (node.secrets)."""
+    if "secrets" not in task:
+        return {}
+    value = task["secrets"]
+    if not isinstance(value, dict):
+        raise InvalidCommand("task.secrets must be an object of NAME: reference strings")
+    if len(value) > MAX_TASK_SECRETS:
+        raise InvalidCommand(f"task.secrets may name at most {MAX_TASK_SECRETS} secrets")
+    refs = {}
+    for name, item in value.items():
+        what = f"task.secrets[{quote(name)}]"
+        if not ENV_NAME_PATTERN.fullmatch(name):
+            raise InvalidCommand(f"task.secrets name {quote(name)} is not a valid environment name")
+        if name in env:
+            raise InvalidCommand(f"{quote(name)} is in both task.env and task.secrets")
+        if not isinstance(item, str):
+            raise InvalidCommand(f"{what} must be a string, got {_json_type(item)}")
+        try:
+            refs[name] = parse_secret_ref(item)
+        except ValueError:
+            raise InvalidCommand(
+                f"{what} {quote(item)} is neither a Secrets Manager secret ARN nor an SSM "
+                "parameter name or ARN"
+            ) from None
+    return refs
 
 
 # --- shapes ----------------------------------------------------------------------

@@ -16,14 +16,30 @@ from claude_code_scheduler.protocol.events import RESULT_TEXT_LIMIT, TaskResult,
 
 # The CLI's words when it refuses bypassPermissions to root (2.1.332).
 ROOT_REFUSAL_MARK = "cannot be used with root/sudo privileges"
+# A node never starts the CLI as root (a root node gives each run slot a uid of
+# its own), so the CLI ran as root through something between them.
 ROOT_ADVICE = (
-    "The node runs as root, and the Claude CLI refuses bypassPermissions to root: "
-    "run the node as a non-root user (the image runs as uid 10001)."
+    "The CLI ran as root, and it refuses bypassPermissions to root; a node never "
+    "starts it as root (a root node runs each slot under a uid of its own), so look "
+    "for a --claude-bin wrapper that makes it root, such as sudo."
 )
+# The CLI's own Bash sandbox (bubblewrap on Linux), for --bash-sandbox. Fail
+# rather than run a command unsandboxed, allow no per-command way out of it,
+# and approve nothing more than the task's permission mode does.
+SANDBOX_SETTINGS = {
+    "sandbox": {
+        "enabled": True,
+        "failIfUnavailable": True,
+        "allowUnsandboxedCommands": False,
+        "autoAllowBashIfSandboxed": False,
+    }
+}
 
 
-def claude_argv(claude_bin: str, task: TaskSpec) -> list[str]:
+def claude_argv(claude_bin: str, task: TaskSpec, *, bash_sandbox: bool = False) -> list[str]:
     argv = [claude_bin, "-p", "--verbose", "--output-format", "stream-json"]
+    if bash_sandbox:
+        argv += ["--settings", json.dumps(SANDBOX_SETTINGS, separators=(",", ":"))]
     if task.model:
         argv += ["--model", task.model]
     if task.permission_mode:

@@ -5,10 +5,16 @@ command in a session of its own, so the group misses it. A SIGKILL of the CLI
 orphans those commands, and a command backgrounded with `&` outlives even a
 clean exit of the CLI. Two things close the gap:
 
-- every run's environment carries `RUN_MARKER=<run id>/<random>` (a marker
-  of its own for each attempt), which the CLI hands on to its tools; when a
-  run ends, every process that carries its marker, and every descendant of
-  one, is killed;
+- a run under a uid of its own (isolation.py) is every descendant of the
+  node with that uid: when the run ends they are killed, whatever they did to
+  their environment, their session or their parent. (A node that is root in a
+  container has no CAP_SYS_PTRACE, so it could not read their environment.)
+  The uid is read from /proc/<pid>/status, which anyone can read, even of an
+  undumpable process;
+- a run under the node's own uid: its environment carries
+  `RUN_MARKER=<run id>/<random>` (a marker of its own for each attempt), which
+  the CLI hands on to its tools; when the run ends, every process that carries
+  its marker, and every descendant of one, is killed;
 - the node is a child subreaper (Linux `PR_SET_CHILD_SUBREAPER`): orphans
   reparent to the node instead of PID 1, so the node reaps their exit status
   (no zombies), and when no run is active it kills whatever orphan is left,
@@ -115,6 +121,18 @@ def _carries(proc: Path, pid: int, marker: bytes) -> bool:
     return marker in environ.split(b"\0")
 
 
+def _uids(proc: Path, pid: int) -> tuple[int, ...]:
+    """The real, effective, saved and file-system uids of a process."""
+    try:
+        status = (proc / str(pid) / "status").read_bytes()
+    except OSError:
+        return ()
+    for line in status.splitlines():
+        if line.startswith(b"Uid:"):
+            return tuple(int(field) for field in line.split()[1:])
+    return ()
+
+
 def _with_descendants(table: dict[int, _Proc], roots: set[int]) -> set[int]:
     children: defaultdict[int, list[int]] = defaultdict(list)
     for p in table.values():
@@ -140,21 +158,37 @@ def _marker(marker_value: str) -> bytes:
     return f"{RUN_MARKER}={marker_value}".encode()
 
 
-def run_processes(marker_value: str, proc: Path = PROC) -> set[int]:
-    """Live processes of a run: those carrying its marker, and their descendants."""
-    return _run_targets(_read_table(proc), _marker(marker_value), proc)
+def run_processes(marker_value: str, proc: Path = PROC, *, uid: int | None = None) -> set[int]:
+    """Live processes of a run: those of its uid when it has one of its own,
+    else those carrying its marker, and their descendants."""
+    table = _read_table(proc)
+    if uid is not None:
+        return _uid_targets(table, uid, proc)
+    return _run_targets(table, _marker(marker_value), proc)
+
+
+def _candidates(table: dict[int, _Proc]) -> set[int] | dict[int, _Proc]:
+    if not _adopting.is_set():
+        return table
+    # Under a subreaper every process a run started stays below it (an orphan
+    # reparents to the nearest subreaper): only those need looking at, not
+    # every process on the host (another node's, with the same uids).
+    me = os.getpid()
+    return _with_descendants(table, {me}) - {me}
 
 
 def _run_targets(table: dict[int, _Proc], marker: bytes, proc: Path) -> set[int]:
-    candidates: set[int] | dict[int, _Proc] = table
-    if _adopting.is_set():
-        # Under a subreaper every process a run started stays below it (an
-        # orphan reparents to the nearest subreaper): only those environments
-        # need reading, not every process on the host.
-        me = os.getpid()
-        candidates = _with_descendants(table, {me}) - {me}
+    candidates = _candidates(table)
     marked = {pid for pid in candidates if not table[pid].zombie and _carries(proc, pid, marker)}
     return _alive(table, _with_descendants(table, marked))
+
+
+def _uid_targets(table: dict[int, _Proc], uid: int, proc: Path) -> set[int]:
+    # A run's process cannot change its uid (no privileges, no_new_privs), so
+    # any of the four being the slot's is the run's.
+    candidates = _candidates(table)
+    owned = {pid for pid in candidates if not table[pid].zombie and uid in _uids(proc, pid)}
+    return _alive(table, owned)
 
 
 def orphans(proc: Path = PROC) -> set[int]:
@@ -177,8 +211,12 @@ def _alive(table: dict[int, _Proc], pids: set[int]) -> set[int]:
     return {pid for pid in pids if not table[pid].zombie and pid != os.getpid()}
 
 
-def kill_run(marker_value: str) -> int:
-    """Kills what is left of a run; returns how many processes were signalled."""
+def kill_run(marker_value: str, *, uid: int | None = None) -> int:
+    """Kills what is left of a run (by its uid when it has one of its own, else
+    by its marker); returns how many processes were signalled."""
+    if uid is not None:
+        run_uid = uid
+        return _kill_until_gone(lambda table: _uid_targets(table, run_uid, PROC))
     marker = _marker(marker_value)
     return _kill_until_gone(lambda table: _run_targets(table, marker, PROC))
 

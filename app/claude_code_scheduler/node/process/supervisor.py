@@ -22,6 +22,7 @@ from typing import Protocol
 
 from claude_code_scheduler.node.output import OutputRecorder
 from claude_code_scheduler.node.process import reaper
+from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,10 @@ class ProcessRun:
         cancel: threading.Event,
         stdout_reader: StreamReader | None = None,
         run_marker: str | None = None,
+        identity: RunIdentity = SHARED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`identity`: the uid and gid the process runs as (isolation.py)."""
         self._argv = argv
         self._cwd = cwd
         self._env = env
@@ -85,6 +88,7 @@ class ProcessRun:
         self._kill_grace = kill_grace
         self._cancel = cancel
         self._run_marker = run_marker
+        self._identity = identity
         self._clock = clock
         self._chunks: queue.Queue[tuple[str, bytes | None]] = queue.Queue(maxsize=MAX_QUEUED_READS)
         self._stdout_reader = stdout_reader
@@ -102,6 +106,7 @@ class ProcessRun:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     start_new_session=True,  # its own process group, killed as one
+                    **self._identity.popen_options(),
                 )
                 own_children.add(process.pid)
         except OSError as exc:
@@ -198,8 +203,8 @@ class ProcessRun:
     def _kill_leftovers(self, process: subprocess.Popen[bytes]) -> None:
         """The CLI's group, and the tool processes that left it (see reaper)."""
         self._signal(process, signal.SIGKILL, group=True)
-        if self._run_marker is not None:
-            killed = reaper.kill_run(self._run_marker)
+        if self._run_marker is not None or self._identity.isolated:
+            killed = reaper.kill_run(self._run_marker or "", uid=self._identity.uid)
             if killed:
                 log.info("killed %d leftover process(es) of the run", killed)
 
