@@ -65,16 +65,21 @@ ENV PYTHONUNBUFFERED=1 \
     TINI_SUBREAPER=1 \
     CLAUDE_NODE_WORK_DIR=/work
 
+# bubblewrap and socat: the CLI's own Bash sandbox (--bash-sandbox) needs both;
+# a few hundred KiB, so the option works wherever the host kernel allows it
+# (ECS on EC2), with no image of its own.
+# git, git-lfs, openssh-client and ca-certificates: what a task needs to work on
+# code, and what the node clones a git workspace with (https and ssh remotes,
+# LFS objects; docs/workspaces.md). No ripgrep: the native CLI embeds it (its
+# Grep tool runs the CLI binary itself as `rg`) and uses it when none is on PATH.
 # DL3008 (pin apt package versions) is ignored: a Debian release's archive keeps
 # only the newest build of a package and binNMU suffixes differ between amd64
 # and arm64, so an exact pin breaks the build; the base image tag fixes the
 # release (trixie) and so the package line.
-# bubblewrap and socat: the CLI's own Bash sandbox (--bash-sandbox) needs both;
-# a few hundred KiB, so the option works wherever the host kernel allows it
-# (ECS on EC2), with no image of its own.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini bubblewrap socat \
+        git git-lfs openssh-client ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 # The run uids: the node (root) runs the run in slot i as uid and gid 10100 + i

@@ -12,6 +12,7 @@ running, also on Ctrl-C.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shlex
 import signal
@@ -301,6 +302,68 @@ class EventWatcher:
         stop_process(self.process, "events watcher", 15.0, first=signal.SIGINT)
 
 
+def make_repository(path: Path) -> None:
+    """A small git repository for the workspace step, readable by the run's uid."""
+    path.mkdir()
+    (path / "README.md").write_text("# shop\n\nA demo repository.\n")
+    for args in (
+        ("init", "--quiet", "--initial-branch=main"),
+        ("add", "README.md"),
+        (
+            "-c",
+            "user.name=Demo",
+            "-c",
+            "user.email=demo@localhost",
+            "commit",
+            "--quiet",
+            "-m",
+            "init",
+        ),
+    ):
+        subprocess.run(["git", "-C", str(path), *args], check=True, timeout=30)
+    for folder in [path, *path.rglob("*")]:
+        if folder.is_dir():
+            folder.chmod(0o755)
+
+
+def wait_for_object(clients: Clients, bucket: str, key: str, node: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            return clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+        except clients.s3.exceptions.NoSuchKey:
+            if node.poll() not in (None, 0):
+                raise DemoError(f"the node exited with status {node.returncode}") from None
+            time.sleep(0.5)
+    raise DemoError(f"s3://{bucket}/{key} did not appear within {STEP_TIMEOUT:g} s")
+
+
+def workspace_round_trip(clients: Clients, resources: Resources, work: Path, node: Any) -> None:
+    """A task on a git repository: the mock CLI writes a file into the clone,
+    and what it changed comes back from S3 as a patch."""
+    repository = work / "repo"
+    make_repository(repository)
+    run_id = f"demo-{uuid.uuid4().hex[:8]}"
+    command = {
+        "type": "RunTask",
+        "version": 1,
+        "run_id": run_id,
+        "task": {
+            "prompt": "Add a CHANGELOG.",
+            "workspace": {"git": {"url": f"file://{repository}", "ref": "main"}},
+            "mock": {"duration_seconds": 0.5, "write_files": {"CHANGELOG.md": "## 0.1\n- hello\n"}},
+        },
+    }
+    info(f"published by the scheduler: {abbreviate(json.dumps(command), 110)}")
+    clients.sns.publish(TopicArn=resources.command_topic_arn, Message=json.dumps(command))
+    key = f"runs/{run_id}/changes.patch"
+    patch = wait_for_object(clients, resources.log_bucket, key, node)
+    info(f"s3://{resources.log_bucket}/{key}:")
+    for line in patch.splitlines():
+        if line.startswith(("diff ", "+", "-")) or "CHANGELOG" in line:
+            info("| " + abbreviate(line, 110))
+
+
 def show_file(path: Path, last: int = 40) -> None:
     if path.exists():
         for line in path.read_text(errors="replace").splitlines()[-last:]:
@@ -353,7 +416,10 @@ def run_demo(work: Path) -> int:
         heading("6. The run's log in S3")
         show_log(clients, resources.log_bucket, run_id)
 
-        heading("7. The fleet")
+        heading("7. A task on a git repository: the patch comes back")
+        workspace_round_trip(clients, resources, work, node)
+
+        heading("8. The fleet")
         args = (
             "nodes", "--listen", str(HEARTBEAT_INTERVAL + 1),
             "--control-bus-arn", resources.control_bus_arn,
@@ -361,7 +427,7 @@ def run_demo(work: Path) -> int:
         show_command(args)
         subprocess.run(client_argv(*args), env=env, check=True, timeout=60)
 
-        heading("8. SIGTERM to the node")
+        heading("9. SIGTERM to the node")
         info(f"kill -TERM {node.pid}")
         node.send_signal(signal.SIGTERM)
         sent = time.monotonic()
@@ -373,7 +439,7 @@ def run_demo(work: Path) -> int:
             raise DemoError(f"the node exited with status {code}")
         watcher.stop()
 
-        heading("9. The node's own log")
+        heading("10. The node's own log")
         show_file(node_log)
         heading("Done: the run completed, its log is in S3, the node deregistered")
         return 0

@@ -7,10 +7,11 @@
 # The container runs read-only as on ECS, configured only through environment
 # variables, in mock mode. It must: run the node as root (which starts each run
 # under a uid of its own, docs/isolation.md) with the pinned CLI, the run uids'
-# passwd entries and no Node.js; become healthy; take one RunTask from the
-# command topic to TaskCompleted with its log in S3 (the run ran as uid 10100,
-# or the node would have refused to start); and exit 0 on SIGTERM after
-# NodeDeregistered.
+# passwd entries, git, git-lfs, an ssh client and CA certificates (for git
+# workspaces, docs/workspaces.md) and no Node.js; become healthy; take one
+# RunTask from the command topic to TaskCompleted with its log in S3 (the run
+# ran as uid 10100, or the node would have refused to start); and exit 0 on
+# SIGTERM after NodeDeregistered.
 #
 # Environment: LOCALSTACK_ENDPOINT (default http://localhost:4566).
 set -euo pipefail
@@ -65,6 +66,10 @@ docker exec "$container" claude --version | grep -qF "$(tr -d '[:space:]' < "$re
     || fail "claude --version is not the pinned version"
 docker exec "$container" sh -c 'command -v bwrap && command -v socat' >/dev/null \
     || fail "bwrap and socat (for --bash-sandbox) are not in the image"
+docker exec "$container" git --version | grep -q '^git version ' || fail "git is not in the image"
+docker exec "$container" ssh -V 2>&1 | grep -q '^OpenSSH_' || fail "the ssh client is not in the image"
+docker exec "$container" git lfs version | grep -q '^git-lfs/' || fail "git-lfs is not in the image"
+docker exec "$container" test -s /etc/ssl/certs/ca-certificates.crt || fail "no CA certificates in the image"
 if docker exec "$container" sh -c 'command -v node npm' >/dev/null; then
     fail "Node.js is in the runtime image"
 fi

@@ -252,17 +252,22 @@ def log_problems(history: History, stack: Stack, run_ids: Iterable[str]) -> list
 
 
 def bucket_problems(stack: Stack, allowed_run_ids: Iterable[str]) -> list[str]:
-    """Nothing in the bucket but logs/<run_id>.log of runs that started, and
-    no upload left unfinished."""
-    allowed = {f"logs/{run_id}.log" for run_id in allowed_run_ids}
+    """Nothing in the bucket but logs/<run_id>.log and runs/<run_id>/... (the
+    run's artifacts) of runs that started, and no upload left unfinished."""
+    started = set(allowed_run_ids)
     problems = []
     for page in stack.s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket):
         for item in page.get("Contents", []):
             key = item["Key"]
-            if not key.startswith("logs/"):
-                problems.append(f"s3://{stack.bucket}/{key} is outside logs/")
-            elif key not in allowed:
-                problems.append(f"s3://{stack.bucket}/{key} is the log of no run that started")
+            if key.startswith("logs/"):
+                run_id = key.removeprefix("logs/").removesuffix(".log")
+                if not key.endswith(".log") or run_id not in started:
+                    problems.append(f"s3://{stack.bucket}/{key} is the log of no run that started")
+            elif key.startswith("runs/"):
+                if key.split("/")[1] not in started:
+                    problems.append(f"s3://{stack.bucket}/{key} belongs to no run that started")
+            else:
+                problems.append(f"s3://{stack.bucket}/{key} is outside logs/ and runs/")
     uploads = stack.s3.list_multipart_uploads(Bucket=stack.bucket).get("Uploads", [])
     problems += [f"unfinished multipart upload of {u['Key']}" for u in uploads]
     return problems

@@ -151,6 +151,15 @@ def tasks(*, node: bool = False) -> st.SearchStrategy[dict[str, Any]]:
                 "duration_seconds": st.one_of(st.floats(0, 3600), st.integers(0, 3600)),
                 "exit_code": st.integers(0, 255),
                 "output_bytes": st.integers(0, MAX_OUTPUT_BYTES),
+                "write_files": st.dictionaries(
+                    st.from_regex(
+                        r"[A-Za-z0-9_-]{1,8}(/[A-Za-z0-9_.-]{1,8}){0,2}",
+                        fullmatch=True,
+                        # No "." or ".." component: the schema refuses both.
+                    ).filter(lambda path: not {".", ".."} & set(path.split("/"))),
+                    clean_text(),
+                    max_size=3,
+                ),
             },
         )
         env = st.dictionaries(
@@ -173,11 +182,39 @@ def tasks(*, node: bool = False) -> st.SearchStrategy[dict[str, Any]]:
             "max_turns": max_turns,
             "timeout_seconds": timeout,
             "env": env,
-            # Not for a node: reading them needs secrets in moto.
-            **({} if node else {"secrets": secret_maps}),
+            # Not for a node: reading them needs secrets in moto (and a
+            # workspace, a git server).
+            **({} if node else {"secrets": secret_maps, "workspace": workspaces}),
             "mock": mock,
         },
     ).map(_without_shared_names)
+
+
+# task.workspace without credentials (which must name the task's variables).
+workspaces = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "url": st.sampled_from(
+                ["https://github.com/a/b.git", "git@host:a/b", "file:///srv/r.git", "git://h:9/r"]
+            )
+        },
+        optional={
+            "ref": st.sampled_from(["main", "v1.0", "refs/heads/x", "a" * 40]),
+            "depth": st.integers(0, 2**31 - 1),
+            "submodules": st.booleans(),
+            "lfs": st.booleans(),
+            "push": st.fixed_dictionaries(
+                {},
+                optional={
+                    "branch": st.sampled_from(["claude/x", "work"]),
+                    "message": nonblank,
+                    "allow_checked_out_branch": st.booleans(),
+                },
+            ),
+        },
+    ).map(lambda git: {"git": git}),
+    st.sampled_from(["s3://bucket-1/inputs/a.tar.gz", "s3://b-2/x.zip"]).map(lambda u: {"s3": u}),
+)
 
 
 # References of each form task.secrets takes (aws.names.parse_secret_ref).

@@ -2,7 +2,7 @@
 messages with valid ones among and behind them. Judged on what arrives on the
 control bus, what is left in the queue and what is in the bucket: the node
 stays up, every message gets exactly one terminal event, each valid command
-runs once, and nothing lands outside logs/."""
+runs once, and nothing lands outside logs/ and runs/."""
 
 from __future__ import annotations
 

@@ -129,6 +129,19 @@ def test_tini_from_debian_and_the_entrypoint(runtime: list[Instruction]) -> None
     assert support.exec_form(cmd) == ["node"]
 
 
+def test_the_runtime_has_what_tasks_need_to_work_on_code(runtime: list[Instruction]) -> None:
+    """git (and LFS) over https and ssh, for the node's git workspaces and the
+    CLI's own git commands; no ripgrep, which the native CLI embeds."""
+    installs = [
+        i.arguments for i in runtime if i.keyword == "RUN" and "apt-get install" in i.arguments
+    ]
+    packages = set(support.shell_words(" ".join(installs)))
+    assert {"git", "git-lfs", "openssh-client", "ca-certificates"} <= packages
+    assert "--no-install-recommends" in packages
+    assert "ripgrep" not in packages
+    assert "embeds it" in support.DOCKERFILE.read_text()
+
+
 def test_healthcheck_runs_the_healthcheck_subcommand(runtime: list[Instruction]) -> None:
     (healthcheck,) = [i.arguments for i in runtime if i.keyword == "HEALTHCHECK"]
     command = healthcheck[healthcheck.index("CMD") + len("CMD") :].strip()

@@ -39,6 +39,11 @@ SPECIAL_CALLS = {
     ("s3", "upload_file"): {"s3:PutObject", "s3:AbortMultipartUpload"},
     # sns:Publish grants PublishBatch too; there is no action of its own.
     ("sns", "publish_batch"): {"sns:Publish"},
+    # HeadObject has no action of its own: s3:GetObject grants it.
+    ("s3", "head_object"): {"s3:GetObject"},
+    # Managed transfer: GetObject, ranged for a large object.
+    ("s3", "download_fileobj"): {"s3:GetObject"},
+    ("s3", "download_file"): {"s3:GetObject"},
 }
 # Receivers whose methods share a name with an operation but are the
 # package's own adapters, each of which makes its calls through a client the
@@ -50,8 +55,10 @@ OWN_ADAPTERS = {
 NODE_ENTRY = "claude_code_scheduler.node.command"
 # Granted for what the operator does with other tools, as the docs show.
 OPERATOR_OUTSIDE_THE_PACKAGE = {
-    # deploy/README.md: `aws s3 cp s3://<log bucket>/logs/<run id>.log -`.
+    # deploy/README.md and docs/workspaces.md: `aws s3 cp` of a run's log and
+    # artifacts, and of an input archive into inputs/.
     "s3:GetObject",
+    "s3:PutObject",
 }
 # CloudFormation's pseudo parameters as the standalone policies write them.
 PLACEHOLDERS = {
@@ -278,16 +285,20 @@ def test_operator_policy_grants_exactly_what_the_client_calls() -> None:
     assert granted == called, difference(granted, called)
 
 
-def test_operator_reads_logs_only(messaging: dict[str, Any]) -> None:
+def test_operator_reads_logs_and_artifacts_and_writes_inputs_only(
+    messaging: dict[str, Any],
+) -> None:
     by_sid = {s["Sid"]: s for s in support.read_json(support.OPERATOR_POLICY)["Statement"]}
     (bucket,) = support.resources(messaging, "AWS::S3::Bucket").values()
     name = placeholders(support.resolve(bucket["BucketName"], messaging))
-    assert by_sid["ReadRunLogs"] == {
-        "Sid": "ReadRunLogs",
-        "Effect": "Allow",
-        "Action": "s3:GetObject",
-        "Resource": f"arn:${{Partition}}:s3:::{name}/logs/*",
-    }
+    objects = f"arn:${{Partition}}:s3:::{name}"
+    assert by_sid["ReadRunLogsAndArtifacts"]["Action"] == "s3:GetObject"
+    assert by_sid["ReadRunLogsAndArtifacts"]["Resource"] == [
+        f"{objects}/logs/*",
+        f"{objects}/runs/*",
+    ]
+    assert by_sid["UploadInputArchives"]["Action"] == "s3:PutObject"
+    assert by_sid["UploadInputArchives"]["Resource"] == f"{objects}/inputs/*"
 
 
 def test_operator_reader_queues_are_limited_to_the_client_prefix() -> None:

@@ -20,3 +20,5 @@ def test_the_demo_runs_a_task_to_its_end() -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "=== Done: the run completed, its log is in S3, the node deregistered" in done.stdout
+    # The workspace step: the file the mock wrote into the clone came back as a patch.
+    assert "+- hello" in done.stdout

@@ -201,6 +201,8 @@ def test_only_the_newest_runs_are_remembered() -> None:
         (Ending.FAILED, False, MessageAction.RELEASE),
         (Ending.HANDED_BACK, True, MessageAction.RELEASE),
         (Ending.HANDED_BACK, False, MessageAction.RELEASE),
+        (Ending.RETRY_LATER, True, MessageAction.RELEASE_LATER),
+        (Ending.RETRY_LATER, False, MessageAction.RELEASE),
     ],
 )
 def test_the_run_table(ending: Ending, delivered: bool, action: MessageAction) -> None:
@@ -208,7 +210,13 @@ def test_the_run_table(ending: Ending, delivered: bool, action: MessageAction) -
     lc = Lifecycle()
     lc.take(run_task_body("run-1"), "m-1", "r-1")
     lc.end("run-1", ending, delivered)
-    expected = ("delete", "r-1") if action is MessageAction.DELETE else (RELEASED, "r-1", 0)
+    expected = {
+        MessageAction.DELETE: ("delete", "r-1"),
+        MessageAction.RELEASE: (RELEASED, "r-1", 0),
+        # Not hot: a server that stays down is tried again 30 s later, then
+        # twice as long each time.
+        MessageAction.RELEASE_LATER: (RELEASED, "r-1", crash_delay(1)),
+    }[action]
     assert lc.writes() == [expected]
     again = lc.take(run_task_body("run-1"), "m-1", "r-1b")
     assert again is (Admission.FINISHED if action is MessageAction.DELETE else Admission.START)

@@ -31,7 +31,8 @@ from claude_code_scheduler.node import worker as node_module
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending
 from claude_code_scheduler.node.outbox import EventSink
-from claude_code_scheduler.node.runs import RunControl, RunOutcome, RunSettler
+from claude_code_scheduler.node.outcome import RunOutcome
+from claude_code_scheduler.node.runs import RunControl, RunSettler
 from claude_code_scheduler.node.worker import Node, receive_backoff
 from claude_code_scheduler.protocol import RunTask
 from claude_code_scheduler.protocol.events import (
@@ -63,6 +64,7 @@ class FakeRun:
         clock: Any,
         identity: Any = None,
         secret_source: Any = None,
+        objects: Any = None,
     ) -> None:
         self.command = command
         self.identity = identity

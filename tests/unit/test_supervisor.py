@@ -27,7 +27,7 @@ from claude_code_scheduler.node.process.claude import (
 )
 from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity
 from claude_code_scheduler.node.process.reaper import RUN_MARKER
-from claude_code_scheduler.node.process.supervisor import ProcessResult, ProcessRun
+from claude_code_scheduler.node.process.supervisor import STDIN_LIMIT, ProcessResult, ProcessRun
 from claude_code_scheduler.protocol import MockSpec, TaskSpec
 
 RESULT = {"type": "result", "subtype": "success", "is_error": False, "result": "done"}
@@ -54,6 +54,7 @@ class Harness:
         env: dict[str, str] | None = None,
         run_marker: str | None = None,
         identity: RunIdentity = SHARED,
+        stdin_data: bytes | None = None,
     ) -> ProcessResult:
         """Runs argv; the Claude result line it printed, if any, is in `result`."""
         tracker = ResultTracker()
@@ -68,6 +69,7 @@ class Harness:
             stdout_reader=tracker,
             run_marker=run_marker,
             identity=identity,
+            stdin_data=stdin_data,
         ).run()
         self.result = tracker.result
         return ended
@@ -175,6 +177,18 @@ def test_stdin_is_dev_null(harness: Harness) -> None:
     run = harness.run(python("import sys; print(len(sys.stdin.read()))"), timeout=10)
     assert run.exit_code == 0
     assert harness.text() == "0\n"
+
+
+def test_stdin_data_is_read_whole_from_a_pipe(harness: Harness) -> None:
+    """How an ssh key reaches ssh-add: a pipe, never a file or an argument."""
+    data = b"-----BEGIN KEY-----\n" + b"k" * (STDIN_LIMIT - 40) + b"\n"
+    script = "import os, stat, sys; s = os.fstat(0); d = sys.stdin.buffer.read()"
+    script += "; print(stat.S_ISFIFO(s.st_mode), len(d), d == sys.argv[1].encode())"
+    run = harness.run([*python(script), data.decode()], timeout=10, stdin_data=data)
+    assert run.exit_code == 0
+    assert harness.text() == f"True {len(data)} True\n"
+    with pytest.raises(ValueError):
+        harness.run(python("pass"), stdin_data=b"x" * (STDIN_LIMIT + 1))
 
 
 def test_non_zero_exit_keeps_stderr(harness: Harness) -> None:

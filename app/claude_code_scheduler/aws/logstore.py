@@ -1,8 +1,9 @@
-"""Run logs in S3: one PutObject for a small log, boto3's managed transfer
-(multipart) for a large one. No logic here."""
+"""Run logs and artifacts in S3: one PutObject for a small file, boto3's
+managed transfer (multipart) for a large one. No logic here."""
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,10 +21,28 @@ MULTIPART_THRESHOLD = 8 * 1024 * 1024
 # two already keep a log upload well ahead of what a run writes.
 MULTIPART_CONCURRENCY = 2
 CONTENT_TYPE = "text/plain; charset=utf-8"
+# The run's own artifacts (node.artifacts) by their names; a file of
+# task.artifacts by its suffix, else as bytes.
+CONTENT_TYPES = {
+    ".log": CONTENT_TYPE,
+    ".patch": "text/x-diff; charset=utf-8",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+}
+BINARY = "application/octet-stream"
+
+
+def content_type(key: str) -> str:
+    suffix = Path(key).suffix.lower()
+    if suffix in CONTENT_TYPES:
+        return CONTENT_TYPES[suffix]
+    guessed, encoding = mimetypes.guess_type(key, strict=True)
+    return guessed if guessed is not None and encoding is None else BINARY
 
 
 class LogUploader(Protocol):
-    """What a run needs of the log bucket; LogStore, and the tests' fakes."""
+    """What a run needs of the log bucket (its log and its artifacts);
+    LogStore, and the tests' fakes."""
 
     def upload(self, path: Path, key: str) -> None: ...
 
@@ -40,17 +59,16 @@ class LogStore:
         )
 
     def upload(self, path: Path, key: str) -> None:
-        """Streams from disk, multipart when large."""
+        """Streams from disk, multipart when large; the content type comes from the key."""
+        kind = content_type(key)
         if path.stat().st_size < MULTIPART_THRESHOLD:
             with path.open("rb") as body:
-                self._s3.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, ContentType=CONTENT_TYPE
-                )
+                self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=kind)
             return
         self._s3.upload_file(
             str(path),
             self.bucket,
             key,
-            ExtraArgs={"ContentType": CONTENT_TYPE},
+            ExtraArgs={"ContentType": kind},
             Config=self._transfer,
         )

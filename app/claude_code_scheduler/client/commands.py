@@ -12,14 +12,11 @@ import json
 import sys
 import threading
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
 from claude_code_scheduler.client.bus import (
     BusEvent,
     EventFilter,
@@ -36,6 +33,7 @@ from claude_code_scheduler.client.options import (
     stop_on_signals,
     validate_sources,
 )
+from claude_code_scheduler.client.tasks import build_command
 from claude_code_scheduler.client.watch import Fleet, OutputAssembler, describe, table
 from claude_code_scheduler.errors import EXIT_FAILURE, EXIT_OK, EXIT_WAIT_TIMEOUT, ConfigError
 from claude_code_scheduler.protocol import (
@@ -43,10 +41,7 @@ from claude_code_scheduler.protocol import (
     PERMISSION_MODES,
     TERMINAL_EVENT_TYPES,
     EventType,
-    InvalidCommand,
     RunTask,
-    TaskSpec,
-    parse_command,
 )
 from claude_code_scheduler.protocol.commands import command_body
 from claude_code_scheduler.protocol.signing import (
@@ -60,67 +55,6 @@ LATE_OUTPUT_SECONDS = 2.0
 
 
 # --- submit -------------------------------------------------------------------
-
-
-def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
-    env = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--env: {item.split('=')[0]!r} must look like NAME=VALUE")
-        env[name] = value
-    return env
-
-
-def _secret_pairs(values: tuple[str, ...]) -> dict[str, SecretRef]:
-    """--secret NAME=REF: where the node reads the value, not the value."""
-    secrets = {}
-    for item in values:
-        name, sep, ref = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--secret: {item!r} must look like NAME=REFERENCE")
-        try:
-            secrets[name] = parse_secret_ref(ref)
-        except ValueError as exc:
-            raise ConfigError(f"--secret {name}: {exc}") from None
-    return secrets
-
-
-def _tools(values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(t.strip() for value in values for t in value.split(",") if t.strip())
-
-
-def build_command(options: dict[str, Any]) -> RunTask:
-    prompt = options.get("prompt")
-    if options.get("prompt_file"):
-        if prompt:
-            raise ConfigError("--prompt and --prompt-file: give one, not both")
-        try:
-            prompt = Path(options["prompt_file"]).read_text()
-        except OSError as exc:
-            raise ConfigError(f"--prompt-file: {exc.strerror}: {options['prompt_file']}") from None
-    if not prompt or not prompt.strip():
-        raise ConfigError("--prompt: the prompt must not be empty")
-    command = RunTask(
-        run_id=options.get("run_id") or str(uuid.uuid4()),
-        task=TaskSpec(
-            prompt=prompt,
-            name=options.get("name"),
-            task_id=options.get("task_id"),
-            model=options.get("model"),
-            permission_mode=options.get("permission_mode"),
-            allowed_tools=_tools(options.get("allowed_tools", ())),
-            disallowed_tools=_tools(options.get("disallowed_tools", ())),
-            max_turns=options.get("max_turns"),
-            timeout_seconds=options.get("timeout"),
-            env=_env_pairs(options.get("env", ())),
-            secrets=_secret_pairs(options.get("secrets", ())),
-        ),
-    )
-    try:
-        return parse_command(command.to_json())  # the node's own check, before sending
-    except InvalidCommand as exc:
-        raise ConfigError(f"invalid task: {exc}") from None
 
 
 @click.command()
@@ -141,6 +75,27 @@ def build_command(options: dict[str, Any]) -> RunTask:
     multiple=True,
     help="NAME=REFERENCE: a Secrets Manager ARN or SSM parameter the node reads into the "
     "CLI's environment as NAME (docs/secrets.md); repeat.",
+)
+@click.option(
+    "--artifact",
+    "artifacts",
+    multiple=True,
+    metavar="GLOB",
+    help="Keep the files matching GLOB (relative to the run's working folder, e.g. "
+    "'dist/**') under runs/<run_id>/files/ in the log bucket; repeat.",
+)
+@click.option(
+    "--workspace",
+    metavar="URL|JSON",
+    help="What the run starts from (docs/workspaces.md): a git URL, an "
+    "s3://<log-bucket>/inputs/... archive, or the task.workspace object as JSON "
+    "(for credentials and the rest).",
+)
+@click.option("--git-ref", help="With --workspace URL: the branch, tag or commit to check out.")
+@click.option(
+    "--push-branch",
+    help="With --workspace URL: after a completed run, commit and push the work to "
+    "this new branch.",
 )
 @click.option("--run-id", help="Run id. Default: a new uuid.")
 @click.option(
@@ -270,6 +225,7 @@ def follow_run(reader: Reader, run_id: str, options: dict[str, Any], stop: threa
 
 def _report(run_id: str, event: BusEvent, elapsed: float) -> int:
     data = event.body["data"]
+    _artifacts(run_id, data)
     if event.event_type == EventType.TASK_COMPLETED:
         _status(
             f"run {run_id}: completed on {event.node_id} in {data['duration_seconds']}s "
@@ -279,6 +235,14 @@ def _report(run_id: str, event: BusEvent, elapsed: float) -> int:
     error = data["error"]
     _status(f"run {run_id}: failed on {event.node_id}: {error['type']}: {error['message']}")
     return EXIT_FAILURE
+
+
+def _artifacts(run_id: str, data: dict[str, Any]) -> None:
+    """What the run left in the log bucket, and what it could not keep."""
+    for artifact in data.get("artifacts") or []:
+        _status(f"run {run_id}: artifact {artifact['uri']} ({artifact['bytes']} bytes)")
+    for omitted in data.get("artifacts_omitted") or []:
+        _status(f"run {run_id}: not kept: {omitted['name']}: {omitted['reason']}")
 
 
 def _print(pieces: list[tuple[str, str]]) -> None:

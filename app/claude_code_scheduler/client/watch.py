@@ -103,14 +103,23 @@ def describe(body: dict[str, Any]) -> str:
         ),
         "TaskCompleted": lambda: (
             f"run={data.get('run_id')} exit={data.get('exit_code')} "
-            f"{data.get('duration_seconds')}s log={data.get('log_uri')}"
+            f"{data.get('duration_seconds')}s log={data.get('log_uri')}{_artifact_counts(data)}"
         ),
         "TaskFailed": lambda: (
             f"run={data.get('run_id')} {data.get('error', {}).get('type')}: "
             f"{data.get('error', {}).get('message')} retryable={data.get('retryable')}"
+            f"{_artifact_counts(data)}"
         ),
     }.get(str(kind))
     return f"{head} {detail()}" if detail else head
+
+
+def _artifact_counts(data: dict[str, Any]) -> str:
+    """How many artifacts a terminal event lists (older nodes list none)."""
+    if "artifacts" not in data:
+        return ""
+    stored, omitted = len(data.get("artifacts") or []), len(data.get("artifacts_omitted") or [])
+    return f" artifacts={stored}" + (f" omitted={omitted}" if omitted else "")
 
 
 # --- the fleet ----------------------------------------------------------------

@@ -18,6 +18,7 @@ from claude_code_scheduler import __version__, logsetup
 from claude_code_scheduler.aws.clients import NodeClients, make_node_clients
 from claude_code_scheduler.aws.credentials import NodeCredentials
 from claude_code_scheduler.aws.logstore import LogStore
+from claude_code_scheduler.aws.objects import S3Objects
 from claude_code_scheduler.aws.protection import TaskProtection
 from claude_code_scheduler.aws.queue import QueueClient
 from claude_code_scheduler.aws.secrets import SecretReader
@@ -98,6 +99,7 @@ def run_node(config: NodeConfig, ecs_task: EcsTask | None) -> int:
         verifier=verifier,
         isolation=isolation,
         secret_source=SecretReader(clients.secretsmanager, clients.ssm),
+        objects=S3Objects(clients.s3),
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

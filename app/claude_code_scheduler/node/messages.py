@@ -26,6 +26,9 @@ When a run has ended, once its terminal event's delivery is known:
   | completed or failed, event delivered    | delete, and remember the run          |
   | completed or failed, event not delivered| release: run again rather than lost   |
   | handed back (stopped by a shutdown)     | release                               |
+  | to be retried later (a transient cause  | release after crash_delay, so a       |
+  | outside the node: the workspace's git   | server that stays down is not retried |
+  | server unreachable), event delivered    | hot into the dead-letter queue        |
   | the node failed before the run started  | publish TaskFailed NodeError          |
   |                                         | (retryable); release after a delay    |
   |                                         | that grows with each attempt, so it   |
@@ -90,17 +93,26 @@ class Ending(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     HANDED_BACK = "handed back"
+    RETRY_LATER = "to be retried later"
+
+    @property
+    def retryable(self) -> bool:
+        """What the terminal event's `retryable` says: the command runs again."""
+        return self in (Ending.HANDED_BACK, Ending.RETRY_LATER)
 
 
 class MessageAction(StrEnum):
     DELETE = "delete"
     RELEASE = "release"
+    RELEASE_LATER = "release after a delay"
 
 
 def action_after_run(ending: Ending, *, delivered: bool = True) -> MessageAction:
     """The second table above."""
     if ending is Ending.HANDED_BACK or not delivered:
         return MessageAction.RELEASE
+    if ending is Ending.RETRY_LATER:
+        return MessageAction.RELEASE_LATER
     return MessageAction.DELETE
 
 
@@ -249,6 +261,8 @@ class MessageLifecycle:
         log.info("run settled: %s", action.value, extra={"run_id": run_id})
         if action is MessageAction.DELETE:
             self._leases.delete(run.message_ids)
+        elif action is MessageAction.RELEASE_LATER:
+            self._leases.release(run.message_ids, after=crash_delay(run.attempt))
         else:
             self._leases.release(run.message_ids)
 

@@ -8,7 +8,6 @@ node shutdown is handed back to the queue instead.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -22,34 +21,42 @@ from typing import Any, Protocol
 from claude_code_scheduler import logsetup
 from claude_code_scheduler.aws.errors import error_code
 from claude_code_scheduler.aws.logstore import LogUploader
+from claude_code_scheduler.aws.objects import ObjectReader
 from claude_code_scheduler.aws.retry import through_outage
 from claude_code_scheduler.aws.secrets import SecretSource
+from claude_code_scheduler.node.artifacts import DEFAULT_LIMITS, ArtifactLimits
+from claude_code_scheduler.node.artifacts.collect import (
+    RunFolder,
+    RunRecord,
+    collect,
+    result_document,
+    store,
+)
+from claude_code_scheduler.node.artifacts.staging import Staging
 from claude_code_scheduler.node.config import NodeConfig, log_key
-from claude_code_scheduler.node.messages import Ending, MessageAction, action_after_run
+from claude_code_scheduler.node.messages import Ending
 from claude_code_scheduler.node.outbox import Delivery, EventSink
+from claude_code_scheduler.node.outcome import RunEnd, RunOutcome, conclude, unresolved
 from claude_code_scheduler.node.output import OutputBatcher, OutputRecorder, open_spool
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.claude import (
     ResultTracker,
     claude_argv,
-    failure_message,
     mock_argv,
     succeeded,
-    summarize_result,
 )
 from claude_code_scheduler.node.process.environment import RunDirs, child_environment
 from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity, remove_files_of
 from claude_code_scheduler.node.process.supervisor import ProcessResult, ProcessRun
 from claude_code_scheduler.node.secrets import SecretError, SecretResolver
+from claude_code_scheduler.node.workspace import ChildRunner
+from claude_code_scheduler.node.workspace.credentials import without_credentials
+from claude_code_scheduler.node.workspace.steps import WorkspaceSteps
 from claude_code_scheduler.protocol import RunTask
 from claude_code_scheduler.protocol.events import (
-    ErrorType,
-    Event,
-    TaskResult,
-    task_completed,
-    task_failed,
     task_output,
     task_started,
+    with_artifacts,
 )
 
 log = logging.getLogger(__name__)
@@ -70,23 +77,6 @@ class RunControl:
     give_up: threading.Event = field(default_factory=threading.Event)
 
 
-@dataclass(frozen=True)
-class RunOutcome:
-    """How a run ended: what happened, the event that says so, and what
-    becomes of its message once the bus has that event."""
-
-    ending: Ending
-    event: Event
-
-    @property
-    def message(self) -> MessageAction:
-        return action_after_run(self.ending)
-
-    @property
-    def completed(self) -> bool:
-        return self.ending is Ending.COMPLETED
-
-
 class TaskRun:
     def __init__(
         self,
@@ -101,7 +91,9 @@ class TaskRun:
         environ: Mapping[str, str] | None = None,
         identity: RunIdentity = SHARED,
         secret_source: SecretSource | None = None,
+        objects: ObjectReader | None = None,
         clock: Callable[[], float] = time.monotonic,
+        artifact_limits: ArtifactLimits = DEFAULT_LIMITS,
     ) -> None:
         """`identity`: the run slot's uid and gid, which the run's processes
         and folders get (isolation.py). `secret_source` reads task.secrets
@@ -124,6 +116,20 @@ class TaskRun:
         self._chunk_index = 0
         self._timeout = command.task.timeout_seconds or config.task_timeout
         self._deadline = float("inf")
+        self._started_at = time.time()
+        # What the run made, staged redacted between the CLI's end and the
+        # terminal event (node.artifacts).
+        self._artifact_limits = artifact_limits
+        self._staging: Staging | None = None
+        # task.workspace: what it checked out, pushed, or why it failed.
+        self._workspace = WorkspaceSteps(
+            command.task.workspace,
+            run_id=command.run_id,
+            task_env=self._task_env,
+            objects=objects,
+            log_bucket=config.log_bucket,
+            clock=clock,
+        )
 
     @property
     def run_id(self) -> str:
@@ -138,7 +144,7 @@ class TaskRun:
                 task_id=task.task_id,
                 task_name=task.name,
                 attempt=self._attempt,
-                started_at=time.time(),
+                started_at=self._started_at,
             )
         )
         self._deadline = self._clock() + self._timeout
@@ -156,8 +162,11 @@ class TaskRun:
             try:
                 process, result_line = self._run_process(spool)
                 outcome = self._conclude(process, result_line, spool)
+                outcome = self._store_artifacts(outcome, process, result_line)
             finally:
                 spool.unlink(missing_ok=True)
+                if self._staging is not None:
+                    self._staging.remove()
             self._report(outcome, process)
         return outcome
 
@@ -176,26 +185,13 @@ class TaskRun:
         return max(0.0, self._deadline - self._clock())
 
     def _unresolved(self, exc: SecretError) -> RunOutcome:
-        """The run ends before its CLI starts: SecretError, not retried (a
-        missing or forbidden secret stays so), or handed back if the node is
-        stopping. The message names the reference and the AWS error, no value."""
+        """The run ends before its CLI starts (node.outcome.unresolved)."""
         started = self._deadline - self._timeout
         process = ProcessResult(
             exit_code=None, duration_seconds=self._clock() - started, output_bytes=0, stderr_tail=""
         )
         with logsetup.SECRETS.for_run(self.run_id, self._task_env.values()):
-            if exc.interrupted:
-                ending, error_type = Ending.HANDED_BACK, ErrorType.NODE_SHUTDOWN
-            else:
-                ending, error_type = Ending.FAILED, ErrorType.SECRET_ERROR
-            event = task_failed(
-                self.run_id,
-                error_type,
-                self._redact(str(exc)),
-                duration_seconds=process.duration_seconds,
-                retryable=ending is Ending.HANDED_BACK,
-            )
-            outcome = RunOutcome(ending, event)
+            outcome = unresolved(self.run_id, exc, process.duration_seconds, self._redact)
             self._report(outcome, process)
         return outcome
 
@@ -210,7 +206,8 @@ class TaskRun:
         marker = reaper.new_marker(self.run_id)
         env = child_environment(
             self._environ,
-            self._task_env,
+            # git's credentials are git's: not the CLI's to see (docs/workspaces.md).
+            without_credentials(self._task_env, task.workspace),
             run_marker=marker,
             dirs=dirs,
             identity=self._identity,
@@ -221,11 +218,16 @@ class TaskRun:
         try:
             with open_spool(spool) as log_file:
                 batcher = OutputBatcher(self._emit_output)
+                recorder = OutputRecorder(log_file, batcher, self._redactor)
+                runner = self._child_runner(dirs, recorder, marker)
+                stopped = self._workspace.prepare(runner)
+                if stopped is not None:
+                    return stopped, None
                 process = ProcessRun(
                     argv,
                     cwd=dirs.cwd,
                     env=env,
-                    recorder=OutputRecorder(log_file, batcher, self._redactor),
+                    recorder=recorder,
                     # What is left of the run's timeout after reading its secrets.
                     timeout=self._time_left(),
                     kill_grace=self._config.kill_grace,
@@ -234,10 +236,63 @@ class TaskRun:
                     run_marker=marker,
                     identity=self._identity,
                     clock=self._clock,
+                ).run()
+                completed = (
+                    not process.timed_out
+                    and not process.cancelled
+                    and succeeded(process, tracker.result)
                 )
-                return process.run(), tracker.result
+                return self._workspace.push_work(runner, process, completed), tracker.result
         finally:
+            self._collect_artifacts(marker, dirs, tracker.result)
             self._clear_slot(marker, dirs)
+
+    def _child_runner(self, dirs: RunDirs, recorder: OutputRecorder, marker: str) -> ChildRunner:
+        """How the workspace's programs run: as the run, in its folder and log,
+        within its timeout; with the run's environment without the task's
+        variables (git gets its credentials its own way)."""
+        return ChildRunner(
+            cwd=dirs.cwd,
+            env=child_environment(
+                self._environ, {}, run_marker=marker, dirs=dirs, identity=self._identity
+            ),
+            recorder=recorder,
+            identity=self._identity,
+            time_left=self._time_left,
+            cancel=self._control.cancel,
+            kill_grace=self._config.kill_grace,
+            run_marker=marker,
+            clock=self._clock,
+        )
+
+    def _collect_artifacts(
+        self, marker: str, dirs: RunDirs, result_line: dict[str, Any] | None
+    ) -> None:
+        """What the run made, copied out of its folder redacted before the
+        folder goes, whatever the run's end: partial work is what an operator
+        wants to see. Its processes go first, so that nothing of the run
+        changes the folder while the node reads it."""
+        reaper.kill_run(marker, uid=self._identity.uid)
+        task = self._command.task
+        session_id = result_line.get("session_id") if result_line else None
+        folder = RunFolder(
+            run_id=self.run_id,
+            dirs=dirs,
+            identity=self._identity,
+            # git's: the run's environment without the task's variables.
+            env=child_environment(
+                self._environ, {}, run_marker=marker, dirs=dirs, identity=self._identity
+            ),
+            patterns=task.artifacts,
+            base_commit=self._workspace.commit,
+            session_id=session_id if isinstance(session_id, str) else None,
+        )
+        try:
+            self._staging = collect(
+                folder, self._config.work_dir / ".logs", self._redactor, self._artifact_limits
+            )
+        except OSError as exc:
+            log.error("could not stage the run's artifacts: %s", exc, extra={"run_id": self.run_id})
 
     def _clear_slot(self, marker: str, dirs: RunDirs) -> None:
         """Nothing of the run may be left for the slot's next run: its
@@ -268,61 +323,50 @@ class TaskRun:
     def _conclude(
         self, process: ProcessResult, result_line: dict[str, Any] | None, spool: Path
     ) -> RunOutcome:
-        """Uploads the log, then says how the run ended."""
+        """Uploads the log, then says how the run ended (node.outcome)."""
         uploaded = self._upload(spool)
-        log_uri = self._config.log_uri(self.run_id) if uploaded else None
+        end = RunEnd(
+            run_id=self.run_id,
+            process=process,
+            result_line=result_line,
+            timeout=self._timeout,
+            log_uri=self._config.log_uri(self.run_id) if uploaded else None,
+            gave_up=self._control.give_up.is_set(),
+            workspace=self._workspace,
+        )
+        return conclude(end, self._redact)
 
-        def failed(
-            error_type: ErrorType, message: str, ending: Ending = Ending.FAILED
-        ) -> RunOutcome:
-            event = task_failed(
-                self.run_id,
-                error_type,
-                self._redact(message),
-                exit_code=process.exit_code,
-                duration_seconds=process.duration_seconds,
-                log_uri=log_uri,
-                retryable=ending is Ending.HANDED_BACK,
-            )
-            return RunOutcome(ending, event)
-
-        if process.cancelled:
-            reason = (
-                "the node stopped before the run finished; the run was terminated and "
-                "handed back to the queue"
-            )
-            return failed(ErrorType.NODE_SHUTDOWN, reason, Ending.HANDED_BACK)
-        if not uploaded and self._control.give_up.is_set():
-            reason = "the node stopped before the run's log was uploaded; handed back"
-            return failed(ErrorType.NODE_SHUTDOWN, reason, Ending.HANDED_BACK)
-        if process.spawn_error is not None:
-            return failed(ErrorType.NODE_ERROR, f"could not start the run: {process.spawn_error}")
-        if process.timed_out:
-            message = f"the run passed its timeout of {self._timeout:g} s and was killed"
-            return failed(ErrorType.TIMEOUT, message)
-        if log_uri is None:
-            return failed(ErrorType.NODE_ERROR, "the run's log could not be uploaded")
-        if succeeded(process, result_line):
-            event = task_completed(
-                self.run_id,
-                exit_code=0,  # succeeded() says so
-                duration_seconds=process.duration_seconds,
-                log_uri=log_uri,
-                output_bytes=process.output_bytes,
-                result=self._redact_result(summarize_result(result_line)),
-            )
-            return RunOutcome(Ending.COMPLETED, event)
-        return failed(ErrorType.CLAUDE_ERROR, failure_message(process, result_line))
+    def _store_artifacts(
+        self, outcome: RunOutcome, process: ProcessResult, result_line: dict[str, Any] | None
+    ) -> RunOutcome:
+        """result.json (the outcome is known now), then every artifact staged,
+        uploaded under runs/<run_id>/ before the terminal event that lists
+        them goes out, as the log is."""
+        if self._staging is None:
+            return outcome
+        error = outcome.event.data.get("error")
+        record = RunRecord(
+            node_id=self._config.node_id,
+            run_id=self.run_id,
+            attempt=self._attempt,
+            started_at=self._started_at,
+            ended_at=time.time(),
+            duration_seconds=process.duration_seconds,
+            exit_code=process.exit_code,
+            event_type=outcome.event.event_type.value,
+            error_type=error["type"] if isinstance(error, dict) else None,
+            workspace_commit=self._workspace.commit,
+        )
+        self._staging.add_text("result.json", result_document(record, result_line, self._redactor))
+        report = store(
+            self._staging, self._logs, self._config.log_bucket, self.run_id, self._control.give_up
+        )
+        return RunOutcome(outcome.ending, with_artifacts(outcome.event, report))
 
     def _redact(self, text: str) -> str:
         """What the run said, without the secrets the node knows (the CLI's
         words can quote the task's env or the node's API key)."""
         return logsetup.SECRETS.redact(text, self.run_id)
-
-    def _redact_result(self, result: TaskResult | None) -> TaskResult | None:
-        if result is None or result.text is None:
-            return result
-        return dataclasses.replace(result, text=self._redact(result.text))
 
     def _report(self, outcome: RunOutcome, process: ProcessResult) -> None:
         """Publish the terminal event, hand its delivery to the lifecycle, and

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from claude_code_scheduler.aws.errors import describe_error, error_code
 from claude_code_scheduler.aws.logstore import LogUploader
+from claude_code_scheduler.aws.objects import ObjectReader
 from claude_code_scheduler.aws.protection import TaskProtection
 from claude_code_scheduler.aws.queue import MessageQueue, ReceivedMessage
 from claude_code_scheduler.aws.retry import full_jitter
@@ -161,12 +162,15 @@ class Node:
         verifier: CommandVerifier | None = None,
         isolation: IsolationPolicy | None = None,
         secret_source: SecretSource | None = None,
+        objects: ObjectReader | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`isolation`: as whom each slot's runs run; by default the node's own uid."""
+        """`isolation`: as whom each slot's runs run; by default the node's own uid.
+        `objects` reads archive workspaces (node.workspace.archive)."""
         self._config = config
         # Reads task.secrets for each run (node.secrets).
         self._secret_source = secret_source
+        self._objects = objects
         self._isolation = isolation or IsolationPolicy(
             False, config.max_concurrent_tasks, config.run_uid_base, os.geteuid()
         )
@@ -345,6 +349,7 @@ class Node:
             control=control,
             identity=self._isolation.identity(slot),
             secret_source=self._secret_source,
+            objects=self._objects,
             clock=self._clock,
         )
         thread = threading.Thread(

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from claude_code_scheduler.aws.limits import MAX_VISIBILITY_SECONDS
 from claude_code_scheduler.aws.names import SecretRef
+
+if TYPE_CHECKING:  # protocol.workspace imports InvalidCommand from here
+    from claude_code_scheduler.protocol.workspace import Workspace
 
 PROTOCOL_VERSION = 1
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -21,6 +24,11 @@ PERMISSION_MODES = ("default", "acceptEdits", "auto", "bypassPermissions", "dont
 # A run holds its message invisible for as long as it lasts.
 MAX_TIMEOUT_SECONDS = MAX_VISIBILITY_SECONDS
 MAX_MOCK_OUTPUT_BYTES = 100 * 1024 * 1024
+# mock.write_files reaches the mock CLI as one JSON argument (MAX_ARGUMENT_BYTES).
+MAX_MOCK_FILES = 64
+MAX_MOCK_FILE_CHARS = 65536
+MAX_MOCK_PATH_CHARS = 1024
+MAX_MOCK_FILES_BYTES = 100 * 1024
 # Linux refuses an argument or environment string longer than 32 pages with its
 # NUL (MAX_ARG_STRLEN): a longer prompt, or env entry NAME=value, cannot reach
 # the CLI ("Argument list too long").
@@ -35,6 +43,12 @@ MAX_LABEL_CHARS = 256
 # wait and the command's size.
 MAX_TASK_SECRETS = 64
 MAX_TOOL_PATTERN_CHARS = 1024
+# task.artifacts: glob patterns relative to the working folder. Each pattern is
+# matched against every file the run left, so the count is bounded, and a
+# pattern can only ever name something inside the folder (no absolute path,
+# no "..").
+MAX_ARTIFACT_PATTERNS = 32
+MAX_ARTIFACT_PATTERN_CHARS = 512
 # A model name or a tool pattern: what the CLI can take for one, and never
 # something it reads as a flag (a value that starts with "-").
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@\[\]-]*$")
@@ -54,6 +68,8 @@ class MockSpec:
     duration_seconds: float = 1.0
     exit_code: int = 0
     output_bytes: int = 2000
+    # Relative path -> text, written into the working folder by the mock CLI.
+    write_files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,9 @@ class TaskSpec:
     # them at run time (node.secrets). References are not secret.
     secrets: dict[str, SecretRef] = field(default_factory=dict)
     mock: MockSpec = field(default_factory=MockSpec)
+    workspace: Workspace | None = None
+    # Glob patterns of files to keep from the working folder (node.artifacts).
+    artifacts: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         # Task env values are secrets as far as the node knows: never print them.
@@ -106,6 +125,8 @@ def command_body(command: RunTask) -> dict[str, Any]:
         "timeout_seconds": task.timeout_seconds,
         "env": dict(task.env) or None,
         "secrets": {name: ref.ref for name, ref in task.secrets.items()} or None,
+        "workspace": task.workspace.to_wire() if task.workspace is not None else None,
+        "artifacts": list(task.artifacts) or None,
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     if task.mock != MockSpec():
@@ -114,4 +135,6 @@ def command_body(command: RunTask) -> dict[str, Any]:
             "exit_code": task.mock.exit_code,
             "output_bytes": task.mock.output_bytes,
         }
+        if task.mock.write_files:
+            body["mock"]["write_files"] = dict(task.mock.write_files)
     return {"type": "RunTask", "version": PROTOCOL_VERSION, "run_id": command.run_id, "task": body}

@@ -28,6 +28,15 @@ STALE_AFTER_INTERVALS = 3
 # bytes: whatever they quote, an event stays far below SNS's 256 KiB.
 MESSAGE_LIMIT = 8 * 1024
 LABEL_LIMIT = 1024
+# TaskCompleted's and TaskFailed's `artifacts` and `artifacts_omitted`
+# together, as encoded in the body: the node stores at most about a hundred
+# artifacts with names of at most 256 bytes (node.artifacts), some 30 KiB
+# listed; this is the guard for the worst case, beside the message and the
+# result text, under SNS's 256 KiB.
+ARTIFACT_LISTS_LIMIT = 96 * 1024
+# An omitted artifact's name and reason as an event quotes them.
+OMITTED_NAME_LIMIT = 256
+OMITTED_REASON_LIMIT = 512
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -58,6 +67,8 @@ class ErrorType(StrEnum):
     DUPLICATE = "Duplicate"
     # A task.secrets reference the node may not or cannot read.
     SECRET_ERROR = "SecretError"  # noqa: S105 - a name, not a password
+    # task.workspace could not be prepared (git's words), or a push failed.
+    WORKSPACE_ERROR = "WorkspaceError"
 
 
 class NodeStatus(StrEnum):
@@ -233,6 +244,108 @@ class TaskResult:
         }
 
 
+@dataclass(frozen=True)
+class StoredArtifact:
+    """One artifact in the log bucket: its name under runs/<run_id>/, and the
+    size and SHA-256 of what was stored (redacted)."""
+
+    name: str
+    uri: str
+    bytes: int
+    sha256: str
+
+    def fields(self) -> dict[str, Any]:
+        return {"name": self.name, "uri": self.uri, "bytes": self.bytes, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class OmittedArtifact:
+    """An artifact the run did not get stored, and why."""
+
+    name: str
+    reason: str
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "name": publishable(self.name, OMITTED_NAME_LIMIT),
+            "reason": publishable(self.reason, OMITTED_REASON_LIMIT),
+        }
+
+
+@dataclass(frozen=True)
+class ArtifactReport:
+    """What a run's terminal event says of its artifacts."""
+
+    stored: tuple[StoredArtifact, ...] = ()
+    omitted: tuple[OmittedArtifact, ...] = ()
+
+    def fields(self, limit: int = ARTIFACT_LISTS_LIMIT) -> dict[str, Any]:
+        """Both lists within `limit` encoded bytes: stored artifacts first
+        (what an operator fetches), then the omitted ones; past the limit the
+        rest are left out of the event, and a last omitted entry named "*"
+        says how many (every stored artifact is in S3 all the same)."""
+        note_room = 512
+        budget = limit - note_room
+        stored: list[dict[str, Any]] = []
+        omitted: list[dict[str, Any]] = []
+        unlisted = 0
+        for target, entries in ((stored, self.stored), (omitted, self.omitted)):
+            for entry in entries:
+                listed = entry.fields()
+                size = len(encode_event(listed).encode("utf-8")) + 1
+                if size > budget:
+                    unlisted += 1
+                    continue
+                budget -= size
+                target.append(listed)
+        if unlisted:
+            omitted.append(
+                OmittedArtifact(
+                    "*",
+                    f"{unlisted} more artifact entries are not listed: the event's size limit; "
+                    "what was stored is under the run's runs/<run_id>/ prefix all the same",
+                ).fields()
+            )
+        return {"artifacts": stored, "artifacts_omitted": omitted}
+
+
+def with_artifacts(event: Event, report: ArtifactReport) -> Event:
+    """A terminal event with its artifacts. Built after the event itself: the
+    run's result.json records the outcome the event states, and is stored
+    before the event goes out."""
+    if event.event_type not in (EventType.TASK_COMPLETED, EventType.TASK_FAILED):
+        raise ValueError(f"{event.event_type} carries no artifacts")
+    return Event(
+        event.event_type,
+        {**event.data, **report.fields()},
+        event_id=event.event_id,
+        timestamp=event.timestamp,
+    )
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """Where a run's work was published: `remote` is the URL, which never
+    carries credentials (protocol.workspace refuses one that does)."""
+
+    remote: str
+    branch: str
+    commit: str
+
+    def fields(self) -> dict[str, Any]:
+        return {"remote": self.remote, "branch": self.branch, "commit": self.commit}
+
+
+def _workspace_fields(workspace_commit: str | None, push: PushResult | None) -> dict[str, Any]:
+    """The optional `workspace` and `push` of a terminal event, when there is one."""
+    fields: dict[str, Any] = {}
+    if workspace_commit is not None:
+        fields["workspace"] = {"commit": workspace_commit}
+    if push is not None:
+        fields["push"] = push.fields()
+    return fields
+
+
 def task_completed(
     run_id: str,
     *,
@@ -241,6 +354,8 @@ def task_completed(
     log_uri: str,
     output_bytes: int,
     result: TaskResult | None,
+    workspace_commit: str | None = None,
+    push: PushResult | None = None,
 ) -> Event:
     return Event(
         EventType.TASK_COMPLETED,
@@ -251,6 +366,7 @@ def task_completed(
             "log_uri": log_uri,
             "output_bytes": output_bytes,
             "result": None if result is None else result.fields(),
+            **_workspace_fields(workspace_commit, push),
         },
     )
 
@@ -264,6 +380,7 @@ def task_failed(
     duration_seconds: float = 0.0,
     log_uri: str | None = None,
     retryable: bool = False,
+    workspace_commit: str | None = None,
 ) -> Event:
     return Event(
         EventType.TASK_FAILED,
@@ -274,6 +391,7 @@ def task_failed(
             "duration_seconds": round(duration_seconds, 3),
             "log_uri": log_uri,
             "retryable": retryable,
+            **_workspace_fields(workspace_commit, None),
         },
     )
 

@@ -19,6 +19,8 @@ from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
 from claude_code_scheduler.protocol.commands import (
     ENV_NAME_PATTERN,
     MAX_ARGUMENT_BYTES,
+    MAX_ARTIFACT_PATTERN_CHARS,
+    MAX_ARTIFACT_PATTERNS,
     MAX_LABEL_CHARS,
     MAX_MOCK_OUTPUT_BYTES,
     MAX_TASK_SECRETS,
@@ -34,6 +36,7 @@ from claude_code_scheduler.protocol.commands import (
     RunTask,
     TaskSpec,
 )
+from claude_code_scheduler.protocol.workspace import parse_mock_files, parse_workspace
 
 _TASK_KEYS = frozenset(
     {
@@ -49,9 +52,11 @@ _TASK_KEYS = frozenset(
         "env",
         "secrets",
         "mock",
+        "workspace",
+        "artifacts",
     }
 )
-_MOCK_KEYS = frozenset({"duration_seconds", "exit_code", "output_bytes"})
+_MOCK_KEYS = frozenset({"duration_seconds", "exit_code", "output_bytes", "write_files"})
 # How much of a value an error message quotes.
 QUOTE_CHARS = 60
 
@@ -153,6 +158,7 @@ def _parse_task(task: dict[str, Any]) -> TaskSpec:
             f"task.timeout_seconds must be above 0 and at most {MAX_TIMEOUT_SECONDS}"
         )
     env = _env(task)
+    secrets = _secrets(task, env)
     return TaskSpec(
         prompt=prompt,
         name=_text(task, "name", max_chars=MAX_LABEL_CHARS),
@@ -164,8 +170,12 @@ def _parse_task(task: dict[str, Any]) -> TaskSpec:
         max_turns=max_turns,
         timeout_seconds=timeout,
         env=env,
-        secrets=_secrets(task, env),
+        secrets=secrets,
         mock=_mock(task),
+        artifacts=_artifact_patterns(task),
+        workspace=(
+            parse_workspace(task["workspace"], {*env, *secrets}) if "workspace" in task else None
+        ),
     )
 
 
@@ -232,6 +242,29 @@ def _tool_list(task: dict[str, Any], key: str) -> tuple[str, ...]:
                 f"{what} {quote(pattern)} is not a tool pattern such as Read, "
                 "mcp__server__tool or Bash(git log:*)"
             )
+    return tuple(value)
+
+
+def _artifact_patterns(task: dict[str, Any]) -> tuple[str, ...]:
+    """task.artifacts: glob patterns relative to the working folder, which can
+    only name something inside it (node.artifacts looks there and nowhere else;
+    this refuses a command that asks for more, instead of quietly ignoring it)."""
+    if "artifacts" not in task:
+        return ()
+    value = task["artifacts"]
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise InvalidCommand("task.artifacts must be a list of non-empty glob patterns")
+    if len(value) > MAX_ARTIFACT_PATTERNS:
+        raise InvalidCommand(f"task.artifacts may hold at most {MAX_ARTIFACT_PATTERNS} patterns")
+    for index, pattern in enumerate(value):
+        what = f"task.artifacts[{index}]"
+        _check_text(pattern, what, max_chars=MAX_ARTIFACT_PATTERN_CHARS)
+        if any(ord(char) < 0x20 or char == "\x7f" for char in pattern):
+            raise InvalidCommand(f"{what} must not contain control characters")
+        if pattern.startswith("/"):
+            raise InvalidCommand(f"{what} {quote(pattern)} must be relative to the working folder")
+        if ".." in pattern.split("/"):
+            raise InvalidCommand(f"{what} {quote(pattern)} must not step out with '..'")
     return tuple(value)
 
 
@@ -348,6 +381,7 @@ def _mock(task: dict[str, Any]) -> MockSpec:
         duration_seconds=1.0 if duration is None else duration,
         exit_code=0 if exit_code is None else exit_code,
         output_bytes=2000 if output_bytes is None else output_bytes,
+        write_files=parse_mock_files(value["write_files"]) if "write_files" in value else {},
     )
     if not 0 <= spec.duration_seconds <= 3600:
         raise InvalidCommand("task.mock.duration_seconds must be from 0 to 3600")

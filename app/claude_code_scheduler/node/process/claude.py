@@ -68,6 +68,9 @@ def mock_argv(task: TaskSpec) -> list[str]:
         str(mock.output_bytes),
         "--model",
         task.model or "mock",
+        # One argument: protocol.workspace bounds it below the kernel's limit.
+        "--write-files",
+        json.dumps(mock.write_files, ensure_ascii=False),
         "--",
         task.prompt,
     ]

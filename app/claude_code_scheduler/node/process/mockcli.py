@@ -2,7 +2,9 @@
 
 It prints the shape of a real session (a system init line, assistant lines
 that echo the prompt, a result line), padded to the requested size and spread
-over the requested duration, and exits with the requested code. Running it as
+over the requested duration, and exits with the requested code. It first
+writes the task's mock.write_files into its working folder, so a mock run
+leaves work behind as a real one does (a patch, artifacts). Running it as
 a real child process keeps mock mode on the same path as real mode: process
 group, deadline, signals, pipes.
 
@@ -17,6 +19,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 MAX_ASSISTANT_LINES = 10
 
@@ -106,14 +109,29 @@ def _padding_lines(session_id: str, model: str, budget: int) -> list[bytes]:
     return lines
 
 
+def write_files(files: dict[str, str]) -> None:
+    """Writes each relative path's text under the working folder. The parser
+    refused absolute paths and '..'; a link in a cloned repository could still
+    lead out, so each target is checked against the folder once resolved."""
+    root = Path.cwd().resolve()
+    for relative, text in files.items():
+        target = (root / relative).resolve()
+        if target == root or root not in target.parents:
+            raise SystemExit(f"mock: refusing to write {relative!r}: outside the working folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mock-claude")
     parser.add_argument("--duration", type=float, default=1.0)
     parser.add_argument("--exit-code", type=int, default=0)
     parser.add_argument("--output-bytes", type=int, default=2000)
     parser.add_argument("--model", default="mock")
+    parser.add_argument("--write-files", default="{}", help="JSON: relative path -> text")
     parser.add_argument("prompt")
     args = parser.parse_args(argv)
+    write_files(json.loads(args.write_files))
     lines = session_lines(args.prompt, args.model, args.output_bytes, args.exit_code)
     pause = args.duration / len(lines)
     out = sys.stdout.buffer

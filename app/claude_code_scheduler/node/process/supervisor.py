@@ -37,6 +37,9 @@ STDERR_TAIL_CHARS = 4096
 # on a grandchild that holds them open. Time spent handing output on (a slow
 # bus holds the pump back) does not count: the pipes are not idle meanwhile.
 PIPE_DRAIN_SECONDS = 2.0
+# What a child may be given on stdin (an ssh key for ssh-add): well within a
+# pipe's 64 KiB buffer, so it is written whole before the child starts.
+STDIN_LIMIT = 32 * 1024
 
 
 class StreamReader(Protocol):
@@ -78,8 +81,13 @@ class ProcessRun:
         run_marker: str | None = None,
         identity: RunIdentity = SHARED,
         clock: Callable[[], float] = time.monotonic,
+        stdin_data: bytes | None = None,
     ) -> None:
-        """`identity`: the uid and gid the process runs as (isolation.py)."""
+        """`identity`: the uid and gid the process runs as (isolation.py).
+        `stdin_data`: what the process reads on stdin (at most STDIN_LIMIT
+        bytes, held in a pipe: never on disk); None: nothing."""
+        if stdin_data is not None and len(stdin_data) > STDIN_LIMIT:
+            raise ValueError(f"stdin_data is limited to {STDIN_LIMIT} bytes")
         self._argv = argv
         self._cwd = cwd
         self._env = env
@@ -90,19 +98,21 @@ class ProcessRun:
         self._run_marker = run_marker
         self._identity = identity
         self._clock = clock
+        self._stdin_data = stdin_data
         self._chunks: queue.Queue[tuple[str, bytes | None]] = queue.Queue(maxsize=MAX_QUEUED_READS)
         self._stdout_reader = stdout_reader
         self._stderr_tail = ""
 
     def run(self) -> ProcessResult:
         started = self._clock()
+        stdin = self._stdin()
         try:
             with reaper.spawning() as own_children:
                 process = subprocess.Popen(
                     self._argv,
                     cwd=self._cwd,
                     env=self._env,
-                    stdin=subprocess.DEVNULL,  # with an open pipe the CLI waits for input
+                    stdin=stdin,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     start_new_session=True,  # its own process group, killed as one
@@ -111,10 +121,26 @@ class ProcessRun:
                 own_children.add(process.pid)
         except OSError as exc:
             return ProcessResult(None, self._clock() - started, 0, "", spawn_error=str(exc))
+        finally:
+            if stdin != subprocess.DEVNULL:
+                os.close(stdin)
         try:
             return self._watch(process, started)
         finally:
             reaper.forget(process.pid)
+
+    def _stdin(self) -> int:
+        """The child's stdin: /dev/null (with an open pipe the CLI waits for
+        input), or a pipe already holding `stdin_data` and closed behind it."""
+        if self._stdin_data is None:
+            return subprocess.DEVNULL
+        read_end, write_end = os.pipe()
+        try:
+            # Fits the pipe's buffer (STDIN_LIMIT), so the write cannot block.
+            os.write(write_end, self._stdin_data)
+        finally:
+            os.close(write_end)
+        return read_end
 
     def _watch(self, process: subprocess.Popen[bytes], started: float) -> ProcessResult:
         assert process.stdout is not None and process.stderr is not None
