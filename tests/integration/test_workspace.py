@@ -12,12 +12,14 @@ One node per server kind, several commands each: node start-ups are dear.
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import IN_CI
 from tests.fault_proxy import FaultProxy
 from tests.gitserver import (
     PASSWORD,
@@ -266,3 +268,104 @@ def test_ssh_keys_from_secrets_and_env_clone_and_push_and_never_leave_the_node(
     assert all(key_body not in text and "PRIVATE KEY" not in text for text in everything)
     # The control: the logs hold ssh's and git's words, so a leak would be seen there.
     assert "Cloning into '.'" in stack.log_text(commands["env"]["run_id"]).decode()
+
+
+def make_superproject(root: Path) -> None:
+    """`app.git` with a submodule `lib` at the relative URL ../lib.git, both
+    bare under `root`, so that one server serves both."""
+    lib = root / "lib-source"
+    lib.mkdir()
+    git("init", "-q", "-b", "main", cwd=lib)
+    (lib / "lib.txt").write_text("from the submodule\n")
+    git("add", "-A", cwd=lib)
+    git("commit", "-q", "-m", "lib", cwd=lib)
+    git("clone", "-q", "--bare", str(lib), str(root / "lib.git"))
+    app = root / "app-source"
+    app.mkdir()
+    git("init", "-q", "-b", "main", cwd=app)
+    (app / ".gitmodules").write_text('[submodule "lib"]\n\tpath = lib\n\turl = ../lib.git\n')
+    (app / "README.md").write_text("# app\n")
+    lib_commit = git("rev-parse", "HEAD", cwd=lib)
+    git("update-index", "--add", "--cacheinfo", f"160000,{lib_commit},lib", cwd=app)
+    # Not `add -A`: the gitlink has no folder here, which -A stages as deleted.
+    git("add", ".gitmodules", "README.md", cwd=app)
+    git("commit", "-q", "-m", "app with lib", cwd=app)
+    git("clone", "-q", "--bare", str(app), str(root / "app.git"))
+    for path in (root, *root.rglob("*")):
+        path.chmod(path.stat().st_mode | (0o755 if path.is_dir() else 0o644))
+
+
+def test_submodules_are_cloned_when_asked(stack: Stack, start_node: Any, tmp_path: Path) -> None:
+    require_git()
+    root = let_other_users_through(tmp_path) / "served"
+    root.mkdir()
+    make_superproject(root)
+    with git_daemon(root) as server:
+        url = f"{server}/app.git"
+        wanted = command(
+            workspace={"git": {"url": url, "submodules": True}}, artifacts=["lib/lib.txt"]
+        )
+        without = command(workspace={"git": {"url": url}}, artifacts=["lib/lib.txt"])
+        start_node(stack, *NODE_ARGS)
+        stack.send(wanted)
+        stack.send(without)
+        with_lib = terminal(stack, wanted["run_id"])
+        without_lib = terminal(stack, without["run_id"])
+    assert with_lib["event_type"] == "TaskCompleted", with_lib
+    names = {a["name"] for a in with_lib["data"]["artifacts"]}
+    assert "files/lib/lib.txt" in names
+    stored = stack.s3.get_object(
+        Bucket=stack.bucket, Key=f"runs/{wanted['run_id']}/files/lib/lib.txt"
+    )["Body"].read()
+    assert stored == b"from the submodule\n"
+    # The control: without submodules the folder is there but empty.
+    assert without_lib["event_type"] == "TaskCompleted", without_lib
+    names = {a["name"] for a in without_lib["data"].get("artifacts", [])}
+    assert "files/lib/lib.txt" not in names
+
+
+def make_lfs_repository(root: Path) -> bytes:
+    """`lfs.git`, bare under `root`, with big.bin kept in Git LFS (its objects
+    in the bare repository, where git-lfs's file transfer finds them)."""
+    source = root / "lfs-source"
+    source.mkdir()
+    git("init", "-q", "-b", "main", cwd=source)
+    git("lfs", "install", "--local", cwd=source)
+    git("lfs", "track", "*.bin", cwd=source)
+    content = bytes(range(256)) * 16
+    (source / "big.bin").write_bytes(content)
+    git("add", "-A", cwd=source)
+    git("commit", "-q", "-m", "lfs", cwd=source)
+    bare = root / "lfs.git"
+    git("clone", "-q", "--bare", str(source), str(bare))
+    git("remote", "add", "served", f"file://{bare}", cwd=source)
+    git("lfs", "push", "served", "main", cwd=source)
+    for path in (root, *root.rglob("*")):
+        path.chmod(path.stat().st_mode | (0o755 if path.is_dir() else 0o644))
+    return content
+
+
+def test_lfs_objects_are_fetched_when_asked(stack: Stack, start_node: Any, tmp_path: Path) -> None:
+    require_git()
+    if shutil.which("git-lfs") is None:
+        if IN_CI:
+            pytest.fail("CI=true: git-lfs is needed (scripts/install-system-packages.sh)")
+        pytest.skip("git-lfs is not installed (apt-get install git-lfs)")
+    root = let_other_users_through(tmp_path) / "served"
+    root.mkdir()
+    content = make_lfs_repository(root)
+    url = f"file://{root / 'lfs.git'}"
+    wanted = command(workspace={"git": {"url": url, "lfs": True}}, artifacts=["big.bin"])
+    pointer = command(workspace={"git": {"url": url}}, artifacts=["big.bin"])
+    start_node(stack, *NODE_ARGS)
+    stack.send(wanted)
+    stack.send(pointer)
+    for body in (wanted, pointer):
+        ended = terminal(stack, body["run_id"])
+        assert ended["event_type"] == "TaskCompleted", ended
+    key = "runs/{}/files/big.bin"
+    fetched = stack.s3.get_object(Bucket=stack.bucket, Key=key.format(wanted["run_id"]))
+    assert fetched["Body"].read() == content
+    # The control: without lfs the file is the LFS pointer git keeps in its place.
+    kept = stack.s3.get_object(Bucket=stack.bucket, Key=key.format(pointer["run_id"]))
+    assert kept["Body"].read().startswith(b"version https://git-lfs.github.com/spec/v1")

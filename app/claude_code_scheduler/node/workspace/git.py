@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from claude_code_scheduler.node.process.supervisor import ProcessResult
@@ -98,7 +99,13 @@ class Git:
         self._env = git_environment(runner.env)
         self._credentials = credential_options(spec, variables, self._env)
         if spec.url.startswith("file://"):
-            self._env["GIT_CONFIG_GLOBAL"] = _trusting(spec.url, runner.env.get("TMPDIR"))
+            trusting = _trusting(spec.url, runner.env.get("TMPDIR"))
+            self._env["GIT_CONFIG_GLOBAL"] = trusting
+            if spec.lfs and self._env.get("HOME"):
+                # git-lfs's file transfer agent runs git without
+                # GIT_CONFIG_GLOBAL, reading $HOME/.gitconfig instead: the
+                # run's own HOME, empty until the CLI starts.
+                shutil.copyfile(trusting, Path(self._env["HOME"]) / ".gitconfig")
         self._ssh: SshAccess | None = None
         if over_ssh(spec.url):
             if not agent_available(runner.env.get("PATH")):
