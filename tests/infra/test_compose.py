@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from claude_code_scheduler.node.worker import SHUTDOWN_MARGIN_SECONDS
+from claude_code_scheduler.node.shutdown import SHUTDOWN_MARGIN_SECONDS
 from tests.infra import support
 
 # After SIGTERM a node exits within CLAUDE_NODE_SHUTDOWN_TIMEOUT + the kill

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from claude_code_scheduler.node.worker import SHUTDOWN_MARGIN_SECONDS
+from claude_code_scheduler.node.shutdown import SHUTDOWN_MARGIN_SECONDS
 from tests.fault_proxy import FaultProxy
 from tests.integration.conftest import command
 

@@ -29,6 +29,7 @@ from claude_code_scheduler.node.outbox import Outbox
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.environment import child_environment, prepare_work_root
 from claude_code_scheduler.node.process.isolation import IsolationPolicy, harden_node
+from claude_code_scheduler.node.shutdown import protection_margin
 from claude_code_scheduler.node.startup import (
     check_claude,
     check_queue,
@@ -37,7 +38,7 @@ from claude_code_scheduler.node.startup import (
     run_programs,
 )
 from claude_code_scheduler.node.trust import TrustedKeys
-from claude_code_scheduler.node.worker import Node, protection_margin
+from claude_code_scheduler.node.worker import Node
 from claude_code_scheduler.protocol.events import EcsTask, Event, node_registered
 
 log = logging.getLogger("claude_code_scheduler")
