@@ -12,6 +12,11 @@ from tests.conftest import validator
 from tests.fuzz.strategies import RUN_ID_REGEX
 
 RUN_ID = re.compile(RUN_ID_REGEX)
+# Linux's limit on one argument (MAX_ARG_STRLEN less its NUL), and the bytes
+# of it each object field leaves for the node: --mcp-config's
+# {"mcpServers":...} wrapper, --settings' room for the node's own settings.
+MAX_ARGUMENT_BYTES = 128 * 1024 - 1
+ARGUMENT_OBJECTS = {"json_schema": 0, "mcp_servers": len('{"mcpServers":{}}'), "settings": 1024}
 NOT_JSON = object()
 
 
@@ -73,7 +78,17 @@ def schema_error(command: Any) -> str | None:
     error = next(iter(validator("RunTask").iter_errors(command)), None)
     if error is not None:
         return f"{list(error.absolute_path)}: {error.message[:300]}"
-    # The one rule JSON Schema cannot state: a name in both env and secrets.
+    # The rules JSON Schema cannot state: a name in both env and secrets, and
+    # an object the CLI takes as one argument that the kernel's limit on one
+    # argument cannot hold (with what the node wraps around it; the schema's
+    # descriptions say so).
     task = command["task"]
     shared = set(task.get("env", {})) & set(task.get("secrets", {}))
-    return f"task: {sorted(shared)} in both env and secrets" if shared else None
+    if shared:
+        return f"task: {sorted(shared)} in both env and secrets"
+    for key, reserved in ARGUMENT_OBJECTS.items():
+        if key in task and len(json.dumps(task[key], separators=(",", ":"))) > (
+            MAX_ARGUMENT_BYTES - reserved
+        ):
+            return f"task.{key}: larger than one argument"
+    return None

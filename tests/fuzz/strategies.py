@@ -18,6 +18,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from claude_code_scheduler.protocol import PERMISSION_MODES
+from claude_code_scheduler.protocol.commands import EFFORT_LEVELS
 
 RUN_ID_REGEX = r"[A-Za-z0-9._-]{1,128}"
 ENV_NAME_REGEX = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -37,6 +38,16 @@ TASK_KEYS = (
     "env",
     "secrets",
     "mock",
+    "max_budget_usd",
+    "system_prompt",
+    "append_system_prompt",
+    "json_schema",
+    "mcp_servers",
+    "fallback_model",
+    "effort",
+    "settings",
+    "retry",
+    "resume",
 )
 MOCK_KEYS = ("duration_seconds", "exit_code", "output_bytes")
 TOP_KEYS = ("type", "version", "run_id", "task")
@@ -50,6 +61,10 @@ STRING_PATHS = (
     ("task", "allowed_tools", 0),
     ("task", "disallowed_tools", 0),
     ("task", "env", "FUZZ_VALUE"),
+    ("task", "system_prompt"),
+    ("task", "append_system_prompt"),
+    ("task", "fallback_model"),
+    ("task", "resume", "session_id"),
 )
 
 # --- strings --------------------------------------------------------------------
@@ -98,6 +113,10 @@ models = st.one_of(
 tool_patterns = st.one_of(
     st.sampled_from(["Read", "Grep", "Bash(git log:*)", "mcp__server__tool", "WebFetch"]),
     st.from_regex(r"[A-Za-z][A-Za-z0-9_*-]{0,15}(\([a-z :*./-]{0,12}\))?", fullmatch=True),
+)
+
+fallback_models = (
+    st.lists(models, min_size=1, max_size=3).map(",".join).filter(lambda value: len(value) <= 256)
 )
 
 # --- numbers ----------------------------------------------------------------------
@@ -186,8 +205,57 @@ def tasks(*, node: bool = False) -> st.SearchStrategy[dict[str, Any]]:
             # workspace, a git server).
             **({} if node else {"secrets": secret_maps, "workspace": workspaces}),
             "mock": mock,
+            **task_controls,
+            **({} if node else task_policies),
         },
     ).map(_without_shared_names)
+
+
+# JSON objects for the fields the CLI takes as one argument of compact JSON:
+# any JSON at all inside, NUL and lone surrogates included (they travel as
+# escapes).
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), finite_floats, st.text(max_size=10)),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
+json_schemas = st.one_of(
+    st.just({"type": "object", "properties": {"name": {"type": "string"}}}), json_objects
+)
+mcp_server_maps = st.dictionaries(
+    st.text(clean_chars, min_size=1, max_size=10),
+    st.one_of(
+        st.fixed_dictionaries(
+            {"command": clean_text(1, 20)},
+            optional={"args": st.lists(clean_text(), max_size=3), "env": json_objects},
+        ),
+        json_objects,
+    ),
+    max_size=3,
+)
+task_controls = {
+    "max_budget_usd": st.one_of(
+        st.floats(0, 1_000_000, exclude_min=True), st.integers(1, 1_000_000)
+    ),
+    "system_prompt": clean_text(),
+    "append_system_prompt": st.one_of(clean_text(), dashed),
+    "json_schema": json_schemas,
+    "mcp_servers": mcp_server_maps,
+    "fallback_model": fallback_models,
+    "effort": st.sampled_from(EFFORT_LEVELS),
+    "settings": json_objects,
+}
+# A node would act on these (retry the message, restore a session): not for
+# the mock-mode node fuzz, whose oracle does not model them.
+task_policies = {
+    "retry": st.fixed_dictionaries({"max_attempts": st.integers(1, 100)}),
+    "resume": st.fixed_dictionaries(
+        {"session_id": st.uuids().map(str)}, optional={"fork": st.booleans()}
+    ),
+}
 
 
 # task.workspace without credentials (which must name the task's variables).
@@ -326,6 +394,9 @@ def _containers(document: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[st
             ("mock", MOCK_KEYS),
             ("env", ("FUZZ_A", "PATH", "a b", "")),
             ("secrets", ("SECRET_A", "PATH", "a b", "")),
+            ("retry", ("max_attempts", "delay")),
+            ("resume", ("session_id", "fork", "path")),
+            ("mcp_servers", ("db", "", "mcpServers")),
         ):
             if isinstance(task.get(key), dict):
                 found.append((task[key], keys))
@@ -348,7 +419,11 @@ def mutated(draw: st.DrawFn, document: dict[str, Any]) -> dict[str, Any]:
     elif kind == "run_id":
         document["run_id"] = draw(bad_run_ids)
     elif kind == "retype":
-        key = draw(st.sampled_from(["task", "mock", "env", "secrets"]))
+        key = draw(
+            st.sampled_from(
+                ["task", "mock", "env", "secrets", "json_schema", "mcp_servers", "settings"]
+            )
+        )
         target = document if key == "task" else document.get("task")
         if isinstance(target, dict):
             target[key] = draw(hostile_values)

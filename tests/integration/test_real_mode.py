@@ -58,6 +58,7 @@ def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fak
         "--verbose",
         "--output-format",
         "stream-json",
+        "--strict-mcp-config",
         "--model",
         "opus",
         "--permission-mode",
@@ -101,6 +102,7 @@ def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fak
         "duration_ms": 12,
         "is_error": False,
         "text": "all done",
+        "structured_output": None,
     }
 
 
@@ -157,7 +159,10 @@ def test_api_error_uses_the_cli_words(stack, start_node, fake_claude, tmp_path):
 
 def test_max_turns_reports_the_errors_list(stack, start_node, fake_claude, tmp_path):
     _, _, terminal, _ = run_fake(stack, start_node, fake_claude, tmp_path, "max-turns", max_turns=2)
-    assert terminal["data"]["error"]["message"] == "Reached maximum number of turns (2)"
+    assert terminal["data"]["error"] == {
+        "type": "MaxTurns",
+        "message": "Reached maximum number of turns (2)",
+    }
 
 
 def test_stderr_is_the_message_when_there_is_no_json(stack, start_node, fake_claude, tmp_path):

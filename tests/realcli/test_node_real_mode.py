@@ -281,7 +281,7 @@ def test_allowed_tools_let_a_tool_write_inside_the_run_directory_only(
     assert_nothing_left(node)
 
 
-def test_max_turns_ends_in_a_claude_error_in_the_cli_words(
+def test_max_turns_ends_in_max_turns_in_the_cli_words(
     launch: Launch, api: AnthropicStandin
 ) -> None:
     api.add(
@@ -293,7 +293,7 @@ def test_max_turns_ends_in_a_claude_error_in_the_cli_words(
     _, terminal = node.run(prompt="keep going", permission_mode="acceptEdits", max_turns=1)
     assert terminal["event_type"] == "TaskFailed", terminal
     assert terminal["data"]["error"] == {
-        "type": "ClaudeError",
+        "type": "MaxTurns",
         "message": "Reached maximum number of turns (1)",
     }
     assert api.remaining >= 1, "the CLI stopped asking for turns"
@@ -302,14 +302,14 @@ def test_max_turns_ends_in_a_claude_error_in_the_cli_words(
 # --- failures in the CLI's own words -----------------------------------------------------
 
 
-def test_an_api_error_is_a_claude_error_in_the_cli_words(
+def test_an_invalid_key_is_an_authentication_failure_in_the_cli_words(
     launch: Launch, api: AnthropicStandin
 ) -> None:
     api.add(ApiError(401))
     node = launch(api, "--claude-max-retries", "0")
     _, terminal = node.run(prompt="hello")
     assert terminal["event_type"] == "TaskFailed", terminal
-    assert terminal["data"]["error"] == {"type": "ClaudeError", "message": INVALID_API_KEY}
+    assert terminal["data"]["error"] == {"type": "AuthenticationFailed", "message": INVALID_API_KEY}
     assert terminal["data"]["exit_code"] == 1
     assert len(api.main_requests) == 1, "--claude-max-retries 0: no retry"
 
@@ -337,13 +337,13 @@ def test_a_cli_that_keeps_retrying_is_stopped_by_the_run_timeout(
     assert len(api.main_requests) >= 2, "the CLI was retrying"
 
 
-def test_a_missing_api_key_is_a_claude_error_in_the_cli_words(
+def test_a_missing_api_key_is_an_authentication_failure_in_the_cli_words(
     launch: Launch, api: AnthropicStandin
 ) -> None:
     node = launch(api, api_key=None)
     _, terminal = node.run(prompt="hello")
     assert terminal["event_type"] == "TaskFailed", terminal
-    assert terminal["data"]["error"] == {"type": "ClaudeError", "message": NOT_LOGGED_IN}
+    assert terminal["data"]["error"] == {"type": "AuthenticationFailed", "message": NOT_LOGGED_IN}
     assert api.main_requests == []
     assert "no Claude credentials in the environment" in node.process.stderr
 

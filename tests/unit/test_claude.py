@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from claude_code_scheduler.node.process import mockcli
 from claude_code_scheduler.node.process.claude import (
     ROOT_ADVICE,
     ResultTracker,
@@ -24,7 +25,7 @@ from claude_code_scheduler.protocol import MockSpec, TaskSpec
 
 # --- argv -------------------------------------------------------------------------
 
-BASE_ARGV = ["claude", "-p", "--verbose", "--output-format", "stream-json"]
+BASE_ARGV = ["claude", "-p", "--verbose", "--output-format", "stream-json", "--strict-mcp-config"]
 
 
 def test_claude_argv_minimal() -> None:
@@ -67,6 +68,19 @@ def test_mock_argv_passes_the_prompt_after_double_dash() -> None:
     assert argv[-2:] == ["--", "-x"]
     assert argv[argv.index("--exit-code") + 1] == "2"
     assert argv[argv.index("--duration") + 1] == "0.5"
+
+
+def test_a_mock_run_of_a_json_schema_task_gives_structured_output(capsys: Any) -> None:
+    """Mock mode has no model to fill the schema; without the object the node
+    would fail every json_schema task in mock mode (node.outcome). Control:
+    a task without json_schema gets none."""
+    for schema, expected in (({"type": "object"}, {}), (None, None)):
+        task = TaskSpec(prompt="p", json_schema=schema, mock=MockSpec(duration_seconds=0))
+        argv = mock_argv(task)
+        assert mockcli.main(argv[3:]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert lines[-1]["type"] == "result"
+        assert lines[-1].get("structured_output") == expected
 
 
 # --- ResultTracker ----------------------------------------------------------------------
@@ -154,6 +168,7 @@ def test_summarize_result_picks_the_figures() -> None:
         "duration_ms": 1200,
         "is_error": False,
         "text": "done",
+        "structured_output": None,
     }
     assert summarize_result(None) is None
 

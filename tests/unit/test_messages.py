@@ -16,9 +16,12 @@ from claude_code_scheduler.node.messages import (
     MessageAction,
     MessageLifecycle,
     action_after_run,
-    crash_delay,
 )
 from claude_code_scheduler.node.outbox import Delivery
+from claude_code_scheduler.node.retries import RetryPolicy
+
+# No jitter: the delays below are exact.
+RETRIES = RetryPolicy(first_delay=30, max_attempts=3, uniform=lambda low, high: low)
 
 
 class Clock:
@@ -34,7 +37,9 @@ class Lifecycle:
         self.clock = Clock()
         self.leases = LeaseKeeper(self.queue, 30, clock=self.clock)
         self.outbox = FakeOutbox()
-        self.messages = MessageLifecycle(self.leases, self.outbox.publish, remembered=remembered)
+        self.messages = MessageLifecycle(
+            self.leases, self.outbox.publish, remembered=remembered, retries=RETRIES
+        )
 
     def take(self, body: str, message_id: str, receipt: str, **state: bool) -> Admission:
         state = {"stopping": False, "has_slot": True, **state}
@@ -213,9 +218,9 @@ def test_the_run_table(ending: Ending, delivered: bool, action: MessageAction) -
     expected = {
         MessageAction.DELETE: ("delete", "r-1"),
         MessageAction.RELEASE: (RELEASED, "r-1", 0),
-        # Not hot: a server that stays down is tried again 30 s later, then
-        # twice as long each time.
-        MessageAction.RELEASE_LATER: (RELEASED, "r-1", crash_delay(1)),
+        # Not hot: a server that stays down is tried again 30 s later (the
+        # retry policy's first delay), then twice as long each time.
+        MessageAction.RELEASE_LATER: (RELEASED, "r-1", 30),
     }[action]
     assert lc.writes() == [expected]
     again = lc.take(run_task_body("run-1"), "m-1", "r-1b")
@@ -237,20 +242,30 @@ def test_a_run_the_node_failed_to_start_is_reported_and_goes_back_later(lc: Life
         has_slot=True,
     )
     lc.messages.run_crashed("run-1", "OSError: No space left on device")
-    assert lc.writes() == [(RELEASED, "r-1", crash_delay(3))]
+    assert lc.writes() == [(RELEASED, "r-1", 120)]
     (event,) = lc.outbox.events
     assert event.data["error"]["type"] == "NodeError"
     assert "No space left on device" in event.data["error"]["message"]
+    assert "it goes back in 120 s" in event.data["error"]["message"]
     assert event.data["retryable"] is True
+    # The node failed, not the task: never the last attempt (the dead-letter
+    # queue takes a command that fails every node).
+    assert (event.data["attempt"], event.data["final_attempt"]) == (3, False)
     assert_event_valid(lc.outbox.bodies[0])
     assert lc.take(run_task_body("run-1"), "m-1", "r-1b") is Admission.START
 
 
-def test_the_crash_delay_grows_and_is_bounded() -> None:
-    delays = [crash_delay(attempt) for attempt in range(1, 20)]
-    assert delays[:4] == [30, 60, 120, 240]
-    assert delays == sorted(delays)
-    assert max(delays) == 900
+def test_a_retry_waits_the_policys_delay_for_its_attempt(lc: Lifecycle) -> None:
+    """The receive count is the attempt: the third waits four times the first."""
+    lc.messages.receive(
+        message(run_task_body("run-1"), "m-1", "r-1", receive_count=3),
+        stopping=False,
+        has_slot=True,
+    )
+    lc.end("run-1", Ending.RETRY_LATER)
+    assert lc.writes() == [(RELEASED, "r-1", RETRIES.delay(3))]
+    assert RETRIES.delay(3) == 120
+    assert lc.take(run_task_body("run-1"), "m-1", "r-1b") is Admission.START
 
 
 def test_a_crash_after_the_run_reported_its_end_changes_nothing(lc: Lifecycle) -> None:

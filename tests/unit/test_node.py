@@ -32,6 +32,7 @@ from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending
 from claude_code_scheduler.node.outbox import EventSink
 from claude_code_scheduler.node.outcome import RunOutcome
+from claude_code_scheduler.node.retries import RetryPolicy
 from claude_code_scheduler.node.runs import RunControl, RunSettler
 from claude_code_scheduler.node.worker import Node, receive_backoff
 from claude_code_scheduler.protocol import RunTask
@@ -65,6 +66,7 @@ class FakeRun:
         identity: Any = None,
         secret_source: Any = None,
         objects: Any = None,
+        retries: Any = None,
     ) -> None:
         self.command = command
         self.identity = identity
@@ -135,6 +137,12 @@ class Fixture:
             logs=FakeLogs(),
             leases=self.leases,
             registration=REGISTRATION,
+            # No jitter: a delay in an assertion is exact.
+            retries=RetryPolicy(
+                self.config.retry_delay,
+                self.config.retry_max_attempts,
+                uniform=lambda low, high: low,
+            ),
         )
 
     def runs(self) -> list[FakeRun]:

@@ -1,6 +1,6 @@
 """node/startup.py check_queue: waiting for an endpoint that is not up yet, failing
-at once for a queue that is wrong, and refusing a visibility timeout the leases
-cannot keep."""
+at once for a queue that is wrong, refusing a visibility timeout the leases
+cannot keep, and reading the dead-letter queue's maxReceiveCount."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tenacity
 from unit_support import FakeQueue, client_error
 
 from claude_code_scheduler.aws.clients import make_node_clients
-from claude_code_scheduler.aws.queue import QueueClient
+from claude_code_scheduler.aws.queue import QueueAttributes, QueueClient
 from claude_code_scheduler.errors import ConfigError
 from claude_code_scheduler.node.leases import LEASE_CALL_SECONDS, MIN_VISIBILITY_SECONDS
 from claude_code_scheduler.node.startup import STARTUP_BACKOFF_CAP, check_queue, startup_wait
@@ -28,11 +28,11 @@ class StartingQueue(FakeQueue):
         self.failures = list(failures)
         self.visibility = visibility
 
-    def visibility_timeout(self) -> int:
-        self._record("visibility_timeout")
+    def attributes(self) -> QueueAttributes:
+        self._record("attributes")
         if self.failures:
             raise self.failures.pop(0)
-        return self.visibility
+        return QueueAttributes(self.visibility)
 
 
 def refused() -> Exception:
@@ -47,7 +47,7 @@ def test_an_endpoint_that_comes_up_late_is_waited_for(caplog: pytest.LogCaptureF
     queue = StartingQueue(refused(), refused())
     sleeps: list[float] = []
     with caplog.at_level(logging.WARNING):
-        assert check_queue(queue, 60, sleep=sleeps.append) == 30
+        assert check_queue(queue, 60, sleep=sleeps.append) == QueueAttributes(30)
     assert len(queue.calls) == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2, "one line per failed try"
@@ -119,9 +119,8 @@ def test_a_visibility_timeout_below_the_minimum_fails_with_the_numbers() -> None
     assert line.startswith("--queue-url: ")
     assert f"VisibilityTimeout is {too_short}s" in line
     assert f"{MIN_VISIBILITY_SECONDS}s the node needs" in line
-    assert check_queue(StartingQueue(visibility=MIN_VISIBILITY_SECONDS), 0) == (
-        MIN_VISIBILITY_SECONDS
-    )
+    accepted = check_queue(StartingQueue(visibility=MIN_VISIBILITY_SECONDS), 0)
+    assert accepted.visibility_timeout == MIN_VISIBILITY_SECONDS
 
 
 def test_the_check_through_the_real_client_gives_up_on_a_silent_endpoint(

@@ -18,7 +18,7 @@ import botocore.exceptions
 import jsonschema
 
 from claude_code_scheduler.aws.names import parse_queue_url, parse_topic_arn
-from claude_code_scheduler.aws.queue import ReceivedMessage
+from claude_code_scheduler.aws.queue import QueueAttributes, ReceivedMessage
 from claude_code_scheduler.node.config import NodeConfig
 from claude_code_scheduler.node.outbox import Delivery
 from claude_code_scheduler.protocol import EVENT_TYPES, Event, load_schema
@@ -110,9 +110,9 @@ class FakeQueue:
         if self.fail_with is not None:
             raise self.fail_with
 
-    def visibility_timeout(self) -> int:
-        self._record("visibility_timeout")
-        return 30
+    def attributes(self) -> QueueAttributes:
+        self._record("attributes")
+        return QueueAttributes(visibility_timeout=30)
 
     def receive(self, max_messages: int, wait_seconds: int) -> list[ReceivedMessage]:
         self._record("receive", max_messages, wait_seconds)

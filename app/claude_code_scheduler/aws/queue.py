@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,12 +23,20 @@ class ReceivedMessage:
     sent_at: float | None = None
 
 
+@dataclass(frozen=True)
+class QueueAttributes:
+    visibility_timeout: int
+    # The RedrivePolicy's maxReceiveCount: the receive after that many moves
+    # the message to the dead-letter queue. None: the queue has none.
+    max_receive_count: int | None = None
+
+
 class MessageQueue(Protocol):
     """What the node needs of its queue; QueueClient, and the tests' fakes."""
 
     url: str
 
-    def visibility_timeout(self) -> int: ...
+    def attributes(self) -> QueueAttributes: ...
 
     def receive(self, max_messages: int, wait_seconds: int) -> list[ReceivedMessage]: ...
 
@@ -41,11 +50,14 @@ class QueueClient:
         self._sqs = sqs
         self.url = queue_url
 
-    def visibility_timeout(self) -> int:
+    def attributes(self) -> QueueAttributes:
         attrs = self._sqs.get_queue_attributes(
-            QueueUrl=self.url, AttributeNames=["VisibilityTimeout"]
+            QueueUrl=self.url, AttributeNames=["VisibilityTimeout", "RedrivePolicy"]
         )["Attributes"]
-        return int(attrs["VisibilityTimeout"])
+        return QueueAttributes(
+            visibility_timeout=int(attrs["VisibilityTimeout"]),
+            max_receive_count=_max_receive_count(attrs.get("RedrivePolicy")),
+        )
 
     def receive(self, max_messages: int, wait_seconds: int) -> list[ReceivedMessage]:
         response = self._sqs.receive_message(
@@ -72,6 +84,15 @@ class QueueClient:
 
     def delete(self, receipt_handle: str) -> None:
         self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=receipt_handle)
+
+
+def _max_receive_count(redrive_policy: str | None) -> int | None:
+    """RedrivePolicy is a JSON string; SQS writes maxReceiveCount as a number
+    or as a string of one, depending on how the policy was set."""
+    if not redrive_policy:
+        return None
+    count = json.loads(redrive_policy).get("maxReceiveCount")
+    return None if count is None else int(count)
 
 
 def _sent_at(sent_timestamp: str | None) -> float | None:

@@ -31,10 +31,18 @@ from claude_code_scheduler.client.options import (
     open_reader,
     reader_options,
     stop_on_signals,
+    task_field_options,
     validate_sources,
 )
 from claude_code_scheduler.client.tasks import build_command
-from claude_code_scheduler.client.watch import Fleet, OutputAssembler, describe, table
+from claude_code_scheduler.client.watch import (
+    Fleet,
+    OutputAssembler,
+    RunCost,
+    describe,
+    ends_the_run,
+    table,
+)
 from claude_code_scheduler.errors import EXIT_FAILURE, EXIT_OK, EXIT_WAIT_TIMEOUT, ConfigError
 from claude_code_scheduler.protocol import (
     EVENT_TYPES,
@@ -97,6 +105,7 @@ LATE_OUTPUT_SECONDS = 2.0
     help="With --workspace URL: after a completed run, commit and push the work to "
     "this new branch.",
 )
+@task_field_options
 @click.option("--run-id", help="Run id. Default: a new uuid.")
 @click.option(
     "--command-topic-arn",
@@ -195,6 +204,7 @@ def follow_run(reader: Reader, run_id: str, options: dict[str, Any], stop: threa
     started = time.monotonic()
     limit = options.get("wait_timeout")
     output = OutputAssembler(raw=options.get("raw", False))
+    cost = RunCost()
     terminal: BusEvent | None = None
     late_until = None
     while not stop.is_set():
@@ -215,12 +225,32 @@ def follow_run(reader: Reader, run_id: str, options: dict[str, Any], stop: threa
                     f"(attempt {data['attempt']}) after {elapsed:.1f}s"
                 )
             elif event.event_type in TERMINAL_EVENT_TYPES and terminal is None:
+                cost.add(event.body)
+                if not ends_the_run(event.event_type, data):
+                    # The command runs again; the next attempt numbers its chunks from 0.
+                    _print(output.finish())
+                    output = OutputAssembler(raw=options.get("raw", False))
+                    _status(_goes_on(run_id, event))
+                    continue
                 # Give chunks that SNS delivered out of order a moment to land.
                 terminal, late_until = event, time.monotonic() + LATE_OUTPUT_SECONDS
     _print(output.finish())
     if terminal is None:
         return EXIT_FAILURE
-    return _report(run_id, terminal, time.monotonic() - started)
+    code = _report(run_id, terminal, time.monotonic() - started)
+    if (spent := cost.line()) is not None:
+        _status(f"run {run_id}: {spent}")
+    return code
+
+
+def _goes_on(run_id: str, event: BusEvent) -> str:
+    data = event.body["data"]
+    error = data["error"]
+    attempt = f"attempt {data['attempt']}" if data.get("attempt") else "an attempt"
+    return (
+        f"run {run_id}: {attempt} failed on {event.node_id}: {error['type']}: "
+        f"{error['message']}; the command runs again, still waiting"
+    )
 
 
 def _report(run_id: str, event: BusEvent, elapsed: float) -> int:

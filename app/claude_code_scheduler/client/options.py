@@ -4,9 +4,11 @@ and the reader those options name, and stopping on Ctrl-C."""
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,6 +22,11 @@ from claude_code_scheduler.aws.names import (
 )
 from claude_code_scheduler.client.bus import EventFilter, QueueReader, Reader, TemporaryReader
 from claude_code_scheduler.errors import ConfigError
+from claude_code_scheduler.protocol.commands import (
+    EFFORT_LEVELS,
+    MAX_BUDGET_USD,
+    MAX_RETRY_ATTEMPTS,
+)
 
 
 def aws_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,6 +53,96 @@ def reader_options(function: Callable[..., Any]) -> Callable[..., Any]:
             "--server-queue-url",
             envvar="CLAUDE_SERVER_QUEUE_URL",
             help="Read this existing queue instead. Messages read are DELETED from it.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+class JsonObject(click.ParamType[dict[str, Any]]):
+    """A JSON object given inline, or as @FILE to read it from a file."""
+
+    name = "json"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        text = str(value)
+        if text.startswith("@"):
+            try:
+                text = Path(text[1:]).read_text("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                self.fail(f"cannot read {text[1:]}: {getattr(exc, 'strerror', None) or exc}")
+        try:
+            document = json.loads(text)
+        except RecursionError:
+            self.fail("the JSON is nested too deeply")
+        except ValueError as exc:
+            self.fail(f"not JSON: {exc}")
+        if not isinstance(document, dict):
+            self.fail(f"must be a JSON object, got {type(document).__name__}")
+        return dict(document)
+
+
+JSON_OBJECT = JsonObject()
+
+
+def task_field_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`submit`'s options for the CLI's own controls per task (task fields of
+    the same names, docs/protocol.md)."""
+    options = [
+        click.option(
+            "--max-budget-usd",
+            type=click.FloatRange(min=0, min_open=True, max=MAX_BUDGET_USD),
+            help="Stop the run when it has spent this many US dollars on API calls "
+            "(TaskFailed BudgetExceeded).",
+        ),
+        click.option("--system-prompt", help="Replace the CLI's default system prompt."),
+        click.option("--append-system-prompt", help="Add this text to the system prompt."),
+        click.option(
+            "--json-schema",
+            type=JSON_OBJECT,
+            metavar="JSON|@FILE",
+            help="JSON Schema (draft-07) the answer must match; TaskCompleted then carries "
+            "the object as result.structured_output.",
+        ),
+        click.option(
+            "--mcp-config",
+            "mcp_servers",
+            type=JSON_OBJECT,
+            metavar="JSON|@FILE",
+            help='MCP servers for the run: the mcpServers object, or a whole {"mcpServers": '
+            "...} config such as a .mcp.json. No other MCP server is started.",
+        ),
+        click.option(
+            "--fallback-model",
+            help="Model(s) to switch to when the main one is overloaded, comma-separated.",
+        ),
+        click.option("--effort", type=click.Choice(EFFORT_LEVELS), help="The CLI's effort level."),
+        click.option(
+            "--settings",
+            type=JSON_OBJECT,
+            metavar="JSON|@FILE",
+            help="A Claude Code settings object for the run.",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(1, MAX_RETRY_ATTEMPTS),
+            help="Attempts in all after retryable failures (429, 529, 5xx). "
+            "Default: the node's --retry-max-attempts.",
+        ),
+        click.option(
+            "--resume",
+            metavar="SESSION_ID",
+            help="Continue this session (a TaskCompleted's result.session_id), on any node.",
+        ),
+        click.option(
+            "--fork-session",
+            is_flag=True,
+            help="With --resume: continue under a new session id, leaving the original as it was.",
         ),
     ]
     for option in reversed(options):

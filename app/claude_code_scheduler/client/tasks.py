@@ -14,6 +14,7 @@ from typing import Any
 from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
 from claude_code_scheduler.errors import ConfigError
 from claude_code_scheduler.protocol import InvalidCommand, RunTask, TaskSpec, parse_command
+from claude_code_scheduler.protocol.commands import ResumeSpec, RetrySpec
 from claude_code_scheduler.protocol.workspace import Workspace, parse_workspace
 
 
@@ -76,6 +77,26 @@ def _tools(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(t.strip() for value in values for t in value.split(",") if t.strip())
 
 
+def _mcp_servers(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """--mcp-config: the mcpServers object, or a whole MCP config file's object
+    (what .mcp.json and `claude --mcp-config` hold)."""
+    if config is not None and set(config) == {"mcpServers"}:
+        servers = config["mcpServers"]
+        if not isinstance(servers, dict):
+            raise ConfigError("--mcp-config: mcpServers must be an object")
+        return servers
+    return config
+
+
+def _resume(options: dict[str, Any]) -> ResumeSpec | None:
+    session_id, fork = options.get("resume"), bool(options.get("fork_session"))
+    if session_id is None:
+        if fork:
+            raise ConfigError("--fork-session needs --resume SESSION_ID")
+        return None
+    return ResumeSpec(session_id=session_id, fork=fork)
+
+
 def build_command(options: dict[str, Any]) -> RunTask:
     prompt = options.get("prompt")
     if options.get("prompt_file"):
@@ -105,6 +126,20 @@ def build_command(options: dict[str, Any]) -> RunTask:
             secrets=secrets,
             workspace=_workspace(options, [*env, *secrets]),
             artifacts=tuple(options.get("artifacts", ())),
+            max_budget_usd=options.get("max_budget_usd"),
+            system_prompt=options.get("system_prompt"),
+            append_system_prompt=options.get("append_system_prompt"),
+            json_schema=options.get("json_schema"),
+            mcp_servers=_mcp_servers(options.get("mcp_servers")),
+            fallback_model=options.get("fallback_model"),
+            effort=options.get("effort"),
+            settings=options.get("settings"),
+            retry=(
+                RetrySpec(options["max_attempts"])
+                if options.get("max_attempts") is not None
+                else None
+            ),
+            resume=_resume(options),
         ),
     )
     try:

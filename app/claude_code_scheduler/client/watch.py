@@ -82,6 +82,68 @@ class OutputAssembler:
         return [("stdout", text + "\n") for line in lines if (text := line_text(line))]
 
 
+# --- a run's end and what it cost ----------------------------------------------
+
+
+def ends_the_run(event_type: str, data: dict[str, Any]) -> bool:
+    """TaskCompleted, or a TaskFailed after which the command does not run
+    again. `retryable` true means it does: handed back to the queue, or
+    released to be retried after a delay, perhaps on another node."""
+    return event_type == "TaskCompleted" or (
+        event_type == "TaskFailed" and data.get("retryable") is not True
+    )
+
+
+def usd(amount: float) -> str:
+    """Dollars as a person reads them: $0.0008, not $8e-04 or $0.000800."""
+    return "$" + (f"{amount:.6f}".rstrip("0").rstrip(".") or "0")
+
+
+def _cost_of(data: dict[str, Any]) -> float | None:
+    usage = data.get("usage")
+    cost = usage.get("total_cost_usd") if isinstance(usage, dict) else None
+    return float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
+
+
+@dataclass
+class RunCost:
+    """What a run cost over its attempts, as their terminal events said."""
+
+    total_usd: float = 0.0
+    attempts: int = 0  # terminal events that said what they cost
+    last_usage: dict[str, Any] | None = None
+    _counted: set[str] = field(default_factory=set)
+
+    def add(self, body: dict[str, Any]) -> None:
+        """One terminal event's body; SNS may deliver it twice, it counts once."""
+        data = body.get("data", {})
+        cost = _cost_of(data)
+        if cost is None or body.get("event_id") in self._counted:
+            return
+        self._counted.add(str(body.get("event_id")))
+        self.total_usd += cost
+        self.attempts += 1
+        self.last_usage = data["usage"]
+
+    def line(self) -> str | None:
+        """`cost $0.0008 (100 in / 20 out tokens, 1 turn)`, or `cost $0.0016
+        (2 attempts)`; None when no event said (a node older than the usage
+        field, or a run without a result line)."""
+        if self.last_usage is None:
+            return None
+        if self.attempts > 1:
+            return f"cost {usd(self.total_usd)} ({self.attempts} attempts)"
+        usage = self.last_usage
+        details = []
+        tokens_in, tokens_out = usage.get("input_tokens"), usage.get("output_tokens")
+        if isinstance(tokens_in, int) and isinstance(tokens_out, int):
+            details.append(f"{tokens_in} in / {tokens_out} out tokens")
+        turns = usage.get("num_turns")
+        if isinstance(turns, int):
+            details.append(f"{turns} turn{'' if turns == 1 else 's'}")
+        return f"cost {usd(self.total_usd)}" + (f" ({', '.join(details)})" if details else "")
+
+
 # --- one line per event -------------------------------------------------------
 
 
@@ -94,8 +156,9 @@ def describe(body: dict[str, Any]) -> str:
         "NodeHeartbeat": lambda: (
             f"{data.get('status')} running={','.join(data.get('running', [])) or '-'} "
             f"done={data.get('tasks_completed')} failed={data.get('tasks_failed')}"
+            f"{_node_cost(data)}"
         ),
-        "NodeDeregistered": lambda: f"reason={data.get('reason')}",
+        "NodeDeregistered": lambda: f"reason={data.get('reason')}{_node_cost(data)}",
         "TaskStarted": lambda: f"run={data.get('run_id')} attempt={data.get('attempt')}",
         "TaskOutput": lambda: (
             f"run={data.get('run_id')} chunk={data.get('chunk_index')} "
@@ -103,15 +166,33 @@ def describe(body: dict[str, Any]) -> str:
         ),
         "TaskCompleted": lambda: (
             f"run={data.get('run_id')} exit={data.get('exit_code')} "
-            f"{data.get('duration_seconds')}s log={data.get('log_uri')}{_artifact_counts(data)}"
+            f"{data.get('duration_seconds')}s log={data.get('log_uri')}{_run_cost(data)}"
+            f"{_artifact_counts(data)}"
         ),
         "TaskFailed": lambda: (
             f"run={data.get('run_id')} {data.get('error', {}).get('type')}: "
             f"{data.get('error', {}).get('message')} retryable={data.get('retryable')}"
-            f"{_artifact_counts(data)}"
+            f"{_attempt(data)}{_run_cost(data)}{_artifact_counts(data)}"
         ),
     }.get(str(kind))
     return f"{head} {detail()}" if detail else head
+
+
+def _run_cost(data: dict[str, Any]) -> str:
+    cost = _cost_of(data)
+    return "" if cost is None else f" cost={usd(cost)}"
+
+
+def _node_cost(data: dict[str, Any]) -> str:
+    """The node's running total (older nodes do not send one)."""
+    cost = data.get("total_cost_usd")
+    return f" cost={usd(cost)}" if isinstance(cost, int | float) else ""
+
+
+def _attempt(data: dict[str, Any]) -> str:
+    if data.get("attempt") is None:
+        return ""
+    return f" attempt={data['attempt']}" + (" (final)" if data.get("final_attempt") else "")
 
 
 def _artifact_counts(data: dict[str, Any]) -> str:
@@ -135,6 +216,7 @@ class NodeView:
     heartbeat_interval: float | None = None
     completed: int = 0
     failed: int = 0
+    cost_usd: float | None = None  # None: the node sent no total
     last_sequence: int = 0
 
     def row(self, now: float, default_interval: float) -> dict[str, Any]:
@@ -150,6 +232,7 @@ class NodeView:
             "last_heartbeat_age_seconds": round(now - self.last_seen, 1),
             "tasks_completed": self.completed,
             "tasks_failed": self.failed,
+            "total_cost_usd": self.cost_usd,
         }
 
 
@@ -186,13 +269,15 @@ class Fleet:
             node.running = [r for r in node.running if r != data.get("run_id")]
         if "tasks_completed" in data:
             node.completed, node.failed = int(data["tasks_completed"]), int(data["tasks_failed"])
+        if isinstance(data.get("total_cost_usd"), int | float):
+            node.cost_usd = float(data["total_cost_usd"])
 
     def rows(self, now: float, default_interval: float) -> list[dict[str, Any]]:
         return [self.nodes[key].row(now, default_interval) for key in sorted(self.nodes)]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    headers = ["NODE", "NAME", "STATUS", "RUNNING", "LAST HEARTBEAT", "DONE", "FAILED"]
+    headers = ["NODE", "NAME", "STATUS", "RUNNING", "LAST HEARTBEAT", "DONE", "FAILED", "COST"]
     cells = [
         [
             r["node_id"],
@@ -202,6 +287,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['last_heartbeat_age_seconds']:.0f}s ago",
             str(r["tasks_completed"]),
             str(r["tasks_failed"]),
+            "-" if r["total_cost_usd"] is None else usd(r["total_cost_usd"]),
         ]
         for r in rows
     ]

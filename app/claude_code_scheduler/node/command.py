@@ -159,6 +159,25 @@ REQUIRED = {
     "Default: the CLI's own (10, about 3 minutes).",
 )
 @click.option(
+    "--retry-delay",
+    envvar="CLAUDE_NODE_RETRY_DELAY",
+    type=float,
+    default=default("retry_delay"),
+    show_default=True,
+    help="Seconds a run that failed retryably (rate limited, overloaded, a git server "
+    "down) waits in the queue before its first retry; doubled for each retry after, "
+    "plus up to half again of jitter.",
+)
+@click.option(
+    "--retry-max-attempts",
+    envvar="CLAUDE_NODE_RETRY_MAX_ATTEMPTS",
+    type=int,
+    default=default("retry_max_attempts"),
+    show_default=True,
+    help="Attempts a task gets when its task.retry sets none; always fewer than the "
+    "dead-letter queue's maxReceiveCount.",
+)
+@click.option(
     "--pass-aws-credentials",
     envvar="CLAUDE_NODE_PASS_AWS_CREDENTIALS",
     is_flag=True,
@@ -273,6 +292,8 @@ def build_config(options: dict[str, Any], ecs_task: EcsTask | None) -> NodeConfi
         bash_sandbox=options["bash_sandbox"],
         verification_keys=options.get("verification_keys"),
         secrets_prefix=options["secrets_prefix"],
+        retry_delay=options["retry_delay"],
+        retry_max_attempts=options["retry_max_attempts"],
     )
 
 

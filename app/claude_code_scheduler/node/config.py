@@ -16,6 +16,7 @@ from typing import Any
 from claude_code_scheduler.aws.limits import MAX_POLL_WAIT_SECONDS, MAX_VISIBILITY_SECONDS
 from claude_code_scheduler.aws.names import QueueUrl, TopicArn
 from claude_code_scheduler.errors import ConfigError
+from claude_code_scheduler.node.retries import MAX_FIRST_DELAY_SECONDS
 
 # A run's timeout, whoever sets it: the run holds its message for as long.
 MAX_TASK_TIMEOUT_SECONDS = MAX_VISIBILITY_SECONDS
@@ -77,6 +78,11 @@ class NodeConfig:
     verification_keys: str | None = None
     # Where task.secrets references may point (docs/secrets.md).
     secrets_prefix: str = "claude-code-scheduler/"
+    # The fleet's own retries of a retryable failure (node.retries): seconds
+    # before the first retry, doubling with each, and the attempts a task gets
+    # when it does not set task.retry.max_attempts.
+    retry_delay: float = 30.0
+    retry_max_attempts: int = 3
 
     def __post_init__(self) -> None:
         if self.state_file is None:
@@ -111,6 +117,12 @@ class NodeConfig:
                 bool(self.secrets_prefix.strip("/")),
                 "--secrets-prefix: must name a path such as claude-code-scheduler/",
             ),
+            (
+                0 <= self.retry_delay <= MAX_FIRST_DELAY_SECONDS,
+                f"--retry-delay: must be from 0 to {MAX_FIRST_DELAY_SECONDS} seconds "
+                "(the longest backoff; SQS hides a message for 12 hours at most)",
+            ),
+            (self.retry_max_attempts >= 1, "--retry-max-attempts: must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:

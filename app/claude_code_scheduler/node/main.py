@@ -29,6 +29,7 @@ from claude_code_scheduler.node.outbox import Outbox
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.environment import child_environment, prepare_work_root
 from claude_code_scheduler.node.process.isolation import IsolationPolicy, harden_node
+from claude_code_scheduler.node.retries import RetryPolicy
 from claude_code_scheduler.node.shutdown import protection_margin
 from claude_code_scheduler.node.startup import (
     check_claude,
@@ -79,8 +80,10 @@ def run_node(config: NodeConfig, ecs_task: EcsTask | None) -> int:
     # of the lease keeper and the start-up check, each with its own bounds.
     queue = QueueClient(clients.sqs, config.queue.url)
     lease_queue = QueueClient(clients.sqs_leases, config.queue.url)
-    visibility_timeout = check_queue(lease_queue, config.startup_timeout)
+    queue_attributes = check_queue(lease_queue, config.startup_timeout)
+    visibility_timeout = queue_attributes.visibility_timeout
     log.info("queue reachable; visibility timeout %ds", visibility_timeout)
+    retries = retry_policy(config, queue_attributes.max_receive_count)
     verifier = trusted_keys(config, clients)
     outbox = Outbox(
         BusClient(clients.sns, config.topic.arn, fifo=config.topic.is_fifo),
@@ -101,6 +104,7 @@ def run_node(config: NodeConfig, ecs_task: EcsTask | None) -> int:
         isolation=isolation,
         secret_source=SecretReader(clients.secretsmanager, clients.ssm),
         objects=S3Objects(clients.s3),
+        retries=retries,
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -111,6 +115,28 @@ def run_node(config: NodeConfig, ecs_task: EcsTask | None) -> int:
     if reaper.become_subreaper():
         log.debug("child subreaper: orphaned tool processes reparent to the node")
     return worker.run()
+
+
+def retry_policy(config: NodeConfig, max_receive_count: int | None) -> RetryPolicy:
+    """The fleet's retries (node.retries), bounded by the queue's dead-letter
+    queue; an operator who asked for more attempts than it allows is told."""
+    policy = RetryPolicy(config.retry_delay, config.retry_max_attempts, max_receive_count)
+    allowed = policy.attempts_allowed(None)
+    if allowed < config.retry_max_attempts:
+        log.warning(
+            "--retry-max-attempts %d: the queue's dead-letter queue takes a message after "
+            "%d receives, so a task gets at most %d attempts (one receive is kept for a "
+            "hand-back)",
+            config.retry_max_attempts,
+            max_receive_count,
+            allowed,
+        )
+    log.info(
+        "retries: %d attempts unless a task says otherwise, the first after %gs",
+        allowed,
+        config.retry_delay,
+    )
+    return policy
 
 
 def trusted_keys(config: NodeConfig, clients: NodeClients) -> TrustedKeys | None:

@@ -26,15 +26,22 @@ When a run has ended, once its terminal event's delivery is known:
   | completed or failed, event delivered    | delete, and remember the run          |
   | completed or failed, event not delivered| release: run again rather than lost   |
   | handed back (stopped by a shutdown)     | release                               |
-  | to be retried later (a transient cause  | release after crash_delay, so a       |
-  | outside the node: the workspace's git   | server that stays down is not retried |
-  | server unreachable), event delivered    | hot into the dead-letter queue        |
+  | to be retried later (a transient cause  | release after the retry policy's      |
+  | outside the node: rate limited, API     | delay for this attempt, so a cause    |
+  | overloaded, the workspace's git server  | that lasts is not retried hot         |
+  | unreachable), event delivered           |                                       |
   | the node failed before the run started  | publish TaskFailed NodeError          |
-  |                                         | (retryable); release after a delay    |
-  |                                         | that grows with each attempt, so it   |
-  |                                         | never loops hot (crash_delay)         |
+  |                                         | (retryable); release after the same   |
+  |                                         | delay, so it never loops hot          |
 
 At shutdown (`close`): everything still held is released.
+
+Retries (node.retries): a retryable failure on the last attempt the policy
+allows does not end "to be retried later" but failed (node.outcome), and its
+message is deleted, so the fleet says it gave up before the dead-letter queue
+takes a healthy task. A run the node failed to start is not counted against
+the task: the node failed, not the task, and a command that fails every node
+is what the dead-letter queue is for.
 
 "Remember the run": the last REMEMBERED_RUNS run ids whose messages were
 deleted, so a late duplicate of a finished run is deleted, not run again.
@@ -57,8 +64,10 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from claude_code_scheduler.aws.queue import ReceivedMessage
+from claude_code_scheduler.node.config import default
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.outbox import Delivery
+from claude_code_scheduler.node.retries import RetryPolicy
 from claude_code_scheduler.protocol import InvalidCommand, RunTask, parse_command
 from claude_code_scheduler.protocol.events import ErrorType, Event, task_failed
 
@@ -66,16 +75,8 @@ log = logging.getLogger(__name__)
 
 # Runs remembered after their message was deleted.
 REMEMBERED_RUNS = 1024
-# How long a run the node failed to start stays hidden before another try.
-CRASH_DELAY_FIRST_SECONDS = 30
-CRASH_DELAY_MAX_SECONDS = 900
-
-
-def crash_delay(attempt: int) -> int:
-    """Seconds before a run the node failed to start is visible again: 30 s,
-    doubling with each attempt, at most 15 minutes."""
-    doublings = max(0, min(attempt - 1, 10))
-    return min(CRASH_DELAY_MAX_SECONDS, CRASH_DELAY_FIRST_SECONDS << doublings)
+# The retries when the node does not say: the options' defaults.
+DEFAULT_RETRIES = RetryPolicy(default("retry_delay"), default("retry_max_attempts"))
 
 
 class Admission(StrEnum):
@@ -149,8 +150,11 @@ class MessageLifecycle:
         *,
         remembered: int = REMEMBERED_RUNS,
         verifier: CommandVerifier | None = None,
+        retries: RetryPolicy = DEFAULT_RETRIES,
     ) -> None:
+        """`retries` says how long a message waits before it is tried again."""
         self._leases = leases
+        self._retries = retries
         self._publish = publish
         self._remembered = remembered
         self._verifier = verifier
@@ -244,9 +248,11 @@ class MessageLifecycle:
             if run is None or run.ending:
                 return
             del self._runs[run_id]
-        delay = crash_delay(run.attempt)
+        delay = self._retries.delay(run.attempt)
         message = f"the node failed to run this command: {reason}; it goes back in {delay} s"
-        self._publish(task_failed(run_id, ErrorType.NODE_ERROR, message, retryable=True))
+        self._publish(
+            task_failed(run_id, ErrorType.NODE_ERROR, message, retryable=True, attempt=run.attempt)
+        )
         log.error("run crashed; released in %d s", delay, extra={"run_id": run_id})
         self._leases.release(run.message_ids, after=delay)
 
@@ -262,7 +268,9 @@ class MessageLifecycle:
         if action is MessageAction.DELETE:
             self._leases.delete(run.message_ids)
         elif action is MessageAction.RELEASE_LATER:
-            self._leases.release(run.message_ids, after=crash_delay(run.attempt))
+            delay = self._retries.delay(run.attempt)
+            log.info("attempt %d is retried in %d s", run.attempt, delay, extra={"run_id": run_id})
+            self._leases.release(run.message_ids, after=delay)
         else:
             self._leases.release(run.message_ids)
 

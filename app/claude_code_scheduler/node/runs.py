@@ -48,7 +48,9 @@ from claude_code_scheduler.node.process.claude import (
 from claude_code_scheduler.node.process.environment import RunDirs, child_environment
 from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity, remove_files_of
 from claude_code_scheduler.node.process.supervisor import ProcessResult, ProcessRun
+from claude_code_scheduler.node.retries import RetryPolicy
 from claude_code_scheduler.node.secrets import SecretError, SecretResolver
+from claude_code_scheduler.node.sessions import SessionError, SessionRestorer
 from claude_code_scheduler.node.workspace import ChildRunner
 from claude_code_scheduler.node.workspace.credentials import without_credentials
 from claude_code_scheduler.node.workspace.steps import WorkspaceSteps
@@ -92,6 +94,7 @@ class TaskRun:
         identity: RunIdentity = SHARED,
         secret_source: SecretSource | None = None,
         objects: ObjectReader | None = None,
+        retries: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         artifact_limits: ArtifactLimits = DEFAULT_LIMITS,
     ) -> None:
@@ -101,6 +104,8 @@ class TaskRun:
         self._config = config
         self._command = command
         self._attempt = attempt
+        # Whether a retryable failure of this run is retried (node.retries).
+        self._retries = retries or RetryPolicy(config.retry_delay, config.retry_max_attempts)
         self._outbox = outbox
         self._logs = logs
         self._messages = messages
@@ -121,6 +126,10 @@ class TaskRun:
         # terminal event (node.artifacts).
         self._artifact_limits = artifact_limits
         self._staging: Staging | None = None
+        # task.resume: restores a transcript within the bound it was stored with.
+        self._sessions = SessionRestorer(
+            objects, config.log_bucket, max_bytes=artifact_limits.max_transcript_bytes
+        )
         # task.workspace: what it checked out, pushed, or why it failed.
         self._workspace = WorkspaceSteps(
             command.task.workspace,
@@ -163,6 +172,8 @@ class TaskRun:
                 process, result_line = self._run_process(spool)
                 outcome = self._conclude(process, result_line, spool)
                 outcome = self._store_artifacts(outcome, process, result_line)
+            except SessionError as exc:
+                return self._unresolved(exc)
             finally:
                 spool.unlink(missing_ok=True)
                 if self._staging is not None:
@@ -184,14 +195,16 @@ class TaskRun:
     def _time_left(self) -> float:
         return max(0.0, self._deadline - self._clock())
 
-    def _unresolved(self, exc: SecretError) -> RunOutcome:
+    def _unresolved(self, exc: SecretError | SessionError) -> RunOutcome:
         """The run ends before its CLI starts (node.outcome.unresolved)."""
         started = self._deadline - self._timeout
         process = ProcessResult(
             exit_code=None, duration_seconds=self._clock() - started, output_bytes=0, stderr_tail=""
         )
         with logsetup.SECRETS.for_run(self.run_id, self._task_env.values()):
-            outcome = unresolved(self.run_id, exc, process.duration_seconds, self._redact)
+            outcome = unresolved(
+                self.run_id, exc, process.duration_seconds, self._redact, attempt=self._attempt
+            )
             self._report(outcome, process)
         return outcome
 
@@ -220,6 +233,7 @@ class TaskRun:
                 batcher = OutputBatcher(self._emit_output)
                 recorder = OutputRecorder(log_file, batcher, self._redactor)
                 runner = self._child_runner(dirs, recorder, marker)
+                self._restore_session(dirs, runner)
                 stopped = self._workspace.prepare(runner)
                 if stopped is not None:
                     return stopped, None
@@ -240,12 +254,32 @@ class TaskRun:
                 completed = (
                     not process.timed_out
                     and not process.cancelled
-                    and succeeded(process, tracker.result)
+                    and succeeded(
+                        process,
+                        tracker.result,
+                        wants_structured_output=task.json_schema is not None,
+                    )
                 )
                 return self._workspace.push_work(runner, process, completed), tracker.result
         finally:
             self._collect_artifacts(marker, dirs, tracker.result)
             self._clear_slot(marker, dirs)
+
+    def _restore_session(self, dirs: RunDirs, runner: ChildRunner) -> None:
+        """task.resume: the session's transcript where the CLI looks for it
+        (node.sessions), or SessionError. First: no process of the run exists
+        yet, so nothing of the run's can redirect the node's writes."""
+        resume = self._command.task.resume
+        if resume is None:
+            return
+        restored = self._sessions.restore(
+            resume.session_id,
+            dirs,
+            self._identity,
+            interrupt=self._control.cancel,
+            time_left=self._time_left,
+        )
+        runner.say(restored.describe())
 
     def _child_runner(self, dirs: RunDirs, recorder: OutputRecorder, marker: str) -> ChildRunner:
         """How the workspace's programs run: as the run, in its folder and log,
@@ -333,8 +367,15 @@ class TaskRun:
             log_uri=self._config.log_uri(self.run_id) if uploaded else None,
             gave_up=self._control.give_up.is_set(),
             workspace=self._workspace,
+            attempt=self._attempt,
+            final_attempt=self._final_attempt(),
+            wants_structured_output=self._command.task.json_schema is not None,
         )
         return conclude(end, self._redact)
+
+    def _final_attempt(self) -> bool:
+        retry = self._command.task.retry
+        return self._retries.is_final(self._attempt, retry.max_attempts if retry else None)
 
     def _store_artifacts(
         self, outcome: RunOutcome, process: ProcessResult, result_line: dict[str, Any] | None

@@ -20,7 +20,7 @@ import botocore.exceptions
 import tenacity
 
 from claude_code_scheduler.aws.errors import describe_error, explain, is_transient
-from claude_code_scheduler.aws.queue import MessageQueue
+from claude_code_scheduler.aws.queue import MessageQueue, QueueAttributes
 from claude_code_scheduler.errors import ConfigError
 from claude_code_scheduler.node.config import NodeConfig
 from claude_code_scheduler.node.leases import LEASE_CALL_SECONDS, MIN_VISIBILITY_SECONDS
@@ -59,9 +59,10 @@ def startup_wait(timeout: float) -> Callable[[tenacity.RetryCallState], float]:
 
 def check_queue(
     queue: MessageQueue, timeout: float, *, sleep: Callable[[float], None] = time.sleep
-) -> int:
+) -> QueueAttributes:
     """GetQueueAttributes; returns the queue's visibility timeout, which sizes
-    the lease steps, once it is known to be large enough for them.
+    the lease steps, once it is known to be large enough for them, and its
+    dead-letter queue's maxReceiveCount, which bounds the fleet's retries.
 
     A transient failure (the endpoint refuses, or does not answer, or SQS
     throttles) is retried for `timeout` seconds (--startup-timeout), each one
@@ -90,7 +91,7 @@ def check_queue(
         reraise=True,
     )
     try:
-        visibility: int = retrying(queue.visibility_timeout)
+        attributes: QueueAttributes = retrying(queue.attributes)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         error = explain(exc, "--queue-url", f"the queue {queue.url}")
         if not is_transient(exc):
@@ -101,13 +102,13 @@ def check_queue(
             f"{error} (gave up after {took:.0f}s and "
             f"{tries} {'try' if tries == 1 else 'tries'}, --startup-timeout {timeout:g})"
         ) from None
-    if visibility < MIN_VISIBILITY_SECONDS:
+    if attributes.visibility_timeout < MIN_VISIBILITY_SECONDS:
         raise ConfigError(
-            f"--queue-url: the queue's VisibilityTimeout is {visibility}s, below the "
-            f"{MIN_VISIBILITY_SECONDS}s the node needs (a lease renewal may hang for "
-            f"{LEASE_CALL_SECONDS:g}s and must still be retried within one timeout)"
+            f"--queue-url: the queue's VisibilityTimeout is {attributes.visibility_timeout}s, "
+            f"below the {MIN_VISIBILITY_SECONDS}s the node needs (a lease renewal may hang "
+            f"for {LEASE_CALL_SECONDS:g}s and must still be retried within one timeout)"
         )
-    return visibility
+    return attributes
 
 
 def check_claude(claude_bin: str) -> tuple[str, str]:

@@ -52,6 +52,7 @@ from claude_code_scheduler.node.messages import Admission, CommandVerifier, Mess
 from claude_code_scheduler.node.outbox import EventSink
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.isolation import IsolationPolicy
+from claude_code_scheduler.node.retries import RetryPolicy
 from claude_code_scheduler.node.runs import RunControl, TaskRun
 from claude_code_scheduler.node.shutdown import (
     FINAL_PUBLISH_SECONDS,
@@ -86,6 +87,8 @@ class NodeStats:
     started: float = field(default_factory=time.monotonic)
     completed: int = 0
     failed: int = 0
+    # What the runs' result lines said they cost (RunOutcome.cost_usd), summed.
+    cost_usd: float = 0.0
 
 
 @dataclass
@@ -114,10 +117,12 @@ class Node:
         isolation: IsolationPolicy | None = None,
         secret_source: SecretSource | None = None,
         objects: ObjectReader | None = None,
+        retries: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`isolation`: as whom each slot's runs run; by default the node's own uid.
-        `objects` reads archive workspaces (node.workspace.archive)."""
+        `objects` reads archive workspaces (node.workspace.archive). `retries`:
+        by default the config's, with no dead-letter queue to stay below."""
         self._config = config
         # Reads task.secrets for each run (node.secrets).
         self._secret_source = secret_source
@@ -130,7 +135,10 @@ class Node:
         self._outbox = outbox
         self._logs = logs
         self._leases = leases
-        self._messages = MessageLifecycle(leases, outbox.publish, verifier=verifier)
+        self._retries = retries or RetryPolicy(config.retry_delay, config.retry_max_attempts)
+        self._messages = MessageLifecycle(
+            leases, outbox.publish, verifier=verifier, retries=self._retries
+        )
         self._registration = registration
         self._clock = clock
         self._stats = NodeStats(started=clock())
@@ -301,6 +309,7 @@ class Node:
             identity=self._isolation.identity(slot),
             secret_source=self._secret_source,
             objects=self._objects,
+            retries=self._retries,
             clock=self._clock,
         )
         thread = threading.Thread(
@@ -328,15 +337,18 @@ class Node:
 
     def _run_thread(self, run: TaskRun) -> None:
         completed = False
+        cost_usd = 0.0
         self._protection.sync(self._run_deadlines)
         try:
-            completed = run.execute().completed
+            outcome = run.execute()
+            completed, cost_usd = outcome.completed, outcome.cost_usd
         except Exception as exc:
             log.exception("run crashed", extra={"run_id": run.run_id})
             self._messages.run_crashed(run.run_id, describe_error(exc))
         finally:
             with self._lock:
                 self._active.pop(run.run_id, None)
+                self._stats.cost_usd += cost_usd
                 if completed:
                     self._stats.completed += 1
                 else:
@@ -389,4 +401,5 @@ class Node:
                 uptime_seconds=self._clock() - self._stats.started,
                 tasks_completed=self._stats.completed,
                 tasks_failed=self._stats.failed,
+                total_cost_usd=self._stats.cost_usd,
             )

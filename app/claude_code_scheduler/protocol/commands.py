@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # protocol.workspace imports InvalidCommand from here
 PROTOCOL_VERSION = 1
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# No real variable's name comes near it; bounded so that a name can never
+# leave a negative room for its value below MAX_ARGUMENT_BYTES.
+MAX_ENV_NAME_CHARS = 1024
 PERMISSION_MODES = ("default", "acceptEdits", "auto", "bypassPermissions", "dontAsk", "plan")
 # A run holds its message invisible for as long as it lasts.
 MAX_TIMEOUT_SECONDS = MAX_VISIBILITY_SECONDS
@@ -33,6 +36,9 @@ MAX_MOCK_FILES_BYTES = 100 * 1024
 # NUL (MAX_ARG_STRLEN): a longer prompt, or env entry NAME=value, cannot reach
 # the CLI ("Argument list too long").
 MAX_ARGUMENT_BYTES = 128 * 1024 - 1
+# task.settings shares its --settings argument with the node's own settings
+# (the Bash sandbox's, about 130 bytes), merged in: room kept for them.
+NODE_SETTINGS_BYTES = 1024
 # name, task_id and model: echoed in events, so bounded well below SNS's limit.
 MAX_LABEL_CHARS = 256
 # task.secrets: each one is a GetSecretValue or GetParameter call made one
@@ -53,6 +59,26 @@ MAX_ARTIFACT_PATTERN_CHARS = 512
 # something it reads as a flag (a value that starts with "-").
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@\[\]-]*$")
 TOOL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_*-]*(\([^\x00-\x1f]*\))?$")
+# task.max_budget_usd: far above what any one run costs, and so a number every
+# JSON reader reads alike (never past a double's range, which Python reads as
+# infinity and the CLI as no limit).
+MAX_BUDGET_USD = 1_000_000
+# What `claude --help` (2.1.332) lists for --effort.
+EFFORT_LEVELS = ("low", "medium", "high", "xhigh", "max")
+# task.retry.max_attempts: the node keeps it below the queue's maxReceiveCount
+# anyway (node.retries); this only refuses a number no queue would allow.
+MAX_RETRY_ATTEMPTS = 100
+# A session id as the CLI writes it (2.1.332: a lowercase UUID) and as
+# --resume takes it: the CLI looks for the file named exactly so, case and
+# all, and the node builds an S3 key and a file name from it (node.sessions),
+# so nothing else is let through.
+SESSION_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def compact_json(value: Any) -> str:
+    """An object as the CLI takes it in one argument. ASCII only: a NUL or a lone
+    surrogate anywhere in it is an escape, never a byte the argv cannot hold."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 class InvalidCommand(ValueError):
@@ -70,6 +96,22 @@ class MockSpec:
     output_bytes: int = 2000
     # Relative path -> text, written into the working folder by the mock CLI.
     write_files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResumeSpec:
+    """task.resume: continue the CLI session `session_id` (node.sessions
+    restores its transcript); `fork` starts a new session id from it."""
+
+    session_id: str
+    fork: bool = False
+
+
+@dataclass(frozen=True)
+class RetrySpec:
+    """task.retry: how many attempts a retryable failure gets (node.retries)."""
+
+    max_attempts: int
 
 
 @dataclass(frozen=True)
@@ -91,6 +133,18 @@ class TaskSpec:
     workspace: Workspace | None = None
     # Glob patterns of files to keep from the working folder (node.artifacts).
     artifacts: tuple[str, ...] = ()
+    # The CLI's own controls, each passed as the flag of the same name.
+    max_budget_usd: float | None = None
+    system_prompt: str | None = None
+    append_system_prompt: str | None = None
+    json_schema: dict[str, Any] | None = None
+    # Server name -> server config, the "mcpServers" object of an MCP config.
+    mcp_servers: dict[str, Any] | None = None
+    fallback_model: str | None = None
+    effort: str | None = None
+    settings: dict[str, Any] | None = None
+    retry: RetrySpec | None = None
+    resume: ResumeSpec | None = None
 
     def __repr__(self) -> str:
         # Task env values are secrets as far as the node knows: never print them.
@@ -127,6 +181,20 @@ def command_body(command: RunTask) -> dict[str, Any]:
         "secrets": {name: ref.ref for name, ref in task.secrets.items()} or None,
         "workspace": task.workspace.to_wire() if task.workspace is not None else None,
         "artifacts": list(task.artifacts) or None,
+        "max_budget_usd": task.max_budget_usd,
+        "system_prompt": task.system_prompt,
+        "append_system_prompt": task.append_system_prompt,
+        "json_schema": task.json_schema,
+        "mcp_servers": task.mcp_servers,
+        "fallback_model": task.fallback_model,
+        "effort": task.effort,
+        "settings": task.settings,
+        "retry": {"max_attempts": task.retry.max_attempts} if task.retry is not None else None,
+        "resume": (
+            {"session_id": task.resume.session_id, "fork": task.resume.fork}
+            if task.resume is not None
+            else None
+        ),
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     if task.mock != MockSpec():

@@ -37,6 +37,19 @@ ARTIFACT_LISTS_LIMIT = 96 * 1024
 # An omitted artifact's name and reason as an event quotes them.
 OMITTED_NAME_LIMIT = 256
 OMITTED_REASON_LIMIT = 512
+# TaskCompleted's result.structured_output, as encoded in the body: a schema
+# can ask for an answer of any size, and the rest of the event (message,
+# result text, artifact lists) already takes some 110 KiB of SNS's 256 KiB.
+# A bigger one is left out of the event (structured_output_omitted says so);
+# the whole result line is in runs/<run_id>/result.json all the same.
+STRUCTURED_OUTPUT_LIMIT = 64 * 1024
+# usage.model_usage: a run names one or two models (the task's, a fallback,
+# the small fast model the CLI uses for titles) with about a dozen figures; a
+# result line naming more, or figures with long names, is cut to these
+# bounds, some 20 KiB at most.
+MODEL_USAGE_MODELS = 8
+MODEL_USAGE_FIGURES = 16
+MODEL_USAGE_NAME_LIMIT = 128
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -69,6 +82,16 @@ class ErrorType(StrEnum):
     SECRET_ERROR = "SecretError"  # noqa: S105 - a name, not a password
     # task.workspace could not be prepared (git's words), or a push failed.
     WORKSPACE_ERROR = "WorkspaceError"
+    # The CLI's own ends (node.outcome has the table of what maps to what).
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    MAX_TURNS = "MaxTurns"
+    RATE_LIMITED = "RateLimited"
+    OVERLOADED = "Overloaded"
+    # The API answered 5xx (other than 529), or could not be reached.
+    SERVER_ERROR = "ServerError"
+    AUTHENTICATION_FAILED = "AuthenticationFailed"
+    # A task.resume session that is unknown or cannot be read.
+    SESSION_ERROR = "SessionError"
 
 
 class NodeStatus(StrEnum):
@@ -136,12 +159,16 @@ class NodeCounters:
     uptime_seconds: float
     tasks_completed: int
     tasks_failed: int
+    # What the runs' result lines said they cost, summed.
+    total_cost_usd: float = 0.0
 
     def fields(self) -> dict[str, Any]:
         return {
             "uptime_seconds": round(self.uptime_seconds, 3),
             "tasks_completed": self.tasks_completed,
             "tasks_failed": self.tasks_failed,
+            # Rounded so that a sum of floats reads as the sum of the runs' costs.
+            "total_cost_usd": round(self.total_cost_usd, 9),
         }
 
 
@@ -224,7 +251,9 @@ def task_output(run_id: str, chunk_index: int, stream: str, data: str) -> Event:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """TaskCompleted's `result`: the figures of the CLI's final result line."""
+    """TaskCompleted's `result`: the figures of the CLI's final result line.
+    `structured_output` is the CLI's validated answer to task.json_schema, any
+    JSON value (None: there was none, or it is JSON null)."""
 
     session_id: str | None
     total_cost_usd: float | None
@@ -232,6 +261,7 @@ class TaskResult:
     duration_ms: float | None
     is_error: bool
     text: str | None
+    structured_output: Any = None
 
     def fields(self) -> dict[str, Any]:
         return {
@@ -241,6 +271,57 @@ class TaskResult:
             "duration_ms": self.duration_ms,
             "is_error": self.is_error,
             "text": None if self.text is None else cut_utf8(self.text, RESULT_TEXT_LIMIT),
+            **_structured_output_fields(self.structured_output),
+        }
+
+
+def _structured_output_fields(value: Any) -> dict[str, Any]:
+    """`structured_output`, or null and `structured_output_omitted` saying why
+    when it would not fit the event (or is not JSON an event can carry)."""
+    try:
+        # allow_nan=False: Python's json reads NaN and Infinity, which are not JSON.
+        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return {"structured_output": None, "structured_output_omitted": "not encodable as JSON"}
+    size = len(encoded.encode("utf-8"))
+    if size > STRUCTURED_OUTPUT_LIMIT:
+        reason = (
+            f"{size} bytes, more than the event's {STRUCTURED_OUTPUT_LIMIT}; the whole "
+            "result line is in the run's runs/<run_id>/result.json"
+        )
+        return {"structured_output": None, "structured_output_omitted": reason}
+    return {"structured_output": value}
+
+
+@dataclass(frozen=True)
+class TaskUsage:
+    """What a run's result line says it cost and used (TaskCompleted's and
+    TaskFailed's `usage`); each None where the line did not say, or said
+    something that is not a non-negative number. `model_usage` maps a model
+    to the CLI's figures for it (costUSD, inputTokens, ...), within the
+    MODEL_USAGE_* bounds: node.process.claude.usage_of reads and bounds it."""
+
+    total_cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    model_usage: dict[str, dict[str, float]] | None = None
+    num_turns: int | None = None
+    duration_api_ms: float | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "total_cost_usd": self.total_cost_usd,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "model_usage": None
+            if self.model_usage is None
+            else {model: dict(figures) for model, figures in self.model_usage.items()},
+            "num_turns": self.num_turns,
+            "duration_api_ms": self.duration_api_ms,
         }
 
 
@@ -354,6 +435,7 @@ def task_completed(
     log_uri: str,
     output_bytes: int,
     result: TaskResult | None,
+    usage: TaskUsage | None = None,
     workspace_commit: str | None = None,
     push: PushResult | None = None,
 ) -> Event:
@@ -366,6 +448,7 @@ def task_completed(
             "log_uri": log_uri,
             "output_bytes": output_bytes,
             "result": None if result is None else result.fields(),
+            "usage": None if usage is None else usage.fields(),
             **_workspace_fields(workspace_commit, push),
         },
     )
@@ -381,7 +464,13 @@ def task_failed(
     log_uri: str | None = None,
     retryable: bool = False,
     workspace_commit: str | None = None,
+    attempt: int | None = None,
+    final_attempt: bool = False,
+    usage: TaskUsage | None = None,
 ) -> Event:
+    """`attempt` is None where no attempt was counted (InvalidCommand,
+    Duplicate); `final_attempt`: a kind of failure the fleet retries, but this
+    was the last attempt allowed (so `retryable` is false)."""
     return Event(
         EventType.TASK_FAILED,
         {
@@ -391,6 +480,9 @@ def task_failed(
             "duration_seconds": round(duration_seconds, 3),
             "log_uri": log_uri,
             "retryable": retryable,
+            "attempt": attempt,
+            "final_attempt": final_attempt,
+            "usage": None if usage is None else usage.fields(),
             **_workspace_fields(workspace_commit, None),
         },
     )

@@ -17,24 +17,33 @@ from typing import Any
 
 from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
 from claude_code_scheduler.protocol.commands import (
+    EFFORT_LEVELS,
     ENV_NAME_PATTERN,
     MAX_ARGUMENT_BYTES,
     MAX_ARTIFACT_PATTERN_CHARS,
     MAX_ARTIFACT_PATTERNS,
+    MAX_BUDGET_USD,
+    MAX_ENV_NAME_CHARS,
     MAX_LABEL_CHARS,
     MAX_MOCK_OUTPUT_BYTES,
+    MAX_RETRY_ATTEMPTS,
     MAX_TASK_SECRETS,
     MAX_TIMEOUT_SECONDS,
     MAX_TOOL_PATTERN_CHARS,
     MODEL_PATTERN,
+    NODE_SETTINGS_BYTES,
     PERMISSION_MODES,
     PROTOCOL_VERSION,
     RUN_ID_PATTERN,
+    SESSION_ID_PATTERN,
     TOOL_PATTERN,
     InvalidCommand,
     MockSpec,
+    ResumeSpec,
+    RetrySpec,
     RunTask,
     TaskSpec,
+    compact_json,
 )
 from claude_code_scheduler.protocol.workspace import parse_mock_files, parse_workspace
 
@@ -54,8 +63,20 @@ _TASK_KEYS = frozenset(
         "mock",
         "workspace",
         "artifacts",
+        "max_budget_usd",
+        "system_prompt",
+        "append_system_prompt",
+        "json_schema",
+        "mcp_servers",
+        "fallback_model",
+        "effort",
+        "settings",
+        "retry",
+        "resume",
     }
 )
+_RETRY_KEYS = frozenset({"max_attempts"})
+_RESUME_KEYS = frozenset({"session_id", "fork"})
 _MOCK_KEYS = frozenset({"duration_seconds", "exit_code", "output_bytes", "write_files"})
 # How much of a value an error message quotes.
 QUOTE_CHARS = 60
@@ -176,7 +197,119 @@ def _parse_task(task: dict[str, Any]) -> TaskSpec:
         workspace=(
             parse_workspace(task["workspace"], {*env, *secrets}) if "workspace" in task else None
         ),
+        max_budget_usd=_budget(task),
+        system_prompt=_text(task, "system_prompt", max_bytes=MAX_ARGUMENT_BYTES),
+        append_system_prompt=_text(task, "append_system_prompt", max_bytes=MAX_ARGUMENT_BYTES),
+        json_schema=_json_argument(task, "json_schema"),
+        mcp_servers=_mcp_servers(task),
+        fallback_model=_fallback_model(task),
+        effort=_effort(task),
+        settings=_json_argument(task, "settings", reserved=NODE_SETTINGS_BYTES),
+        retry=_retry(task),
+        resume=_resume(task),
     )
+
+
+# --- the CLI's own controls ---------------------------------------------------
+
+
+def _budget(task: dict[str, Any]) -> float | None:
+    budget = _optional_number(task, "max_budget_usd")
+    if budget is not None and not 0 < budget <= MAX_BUDGET_USD:
+        raise InvalidCommand(
+            f"task.max_budget_usd must be a positive number of US dollars, at most {MAX_BUDGET_USD}"
+        )
+    return budget
+
+
+def _effort(task: dict[str, Any]) -> str | None:
+    effort: str | None = _optional(task, "effort", str)
+    if effort is not None and effort not in EFFORT_LEVELS:
+        raise InvalidCommand(
+            f"task.effort must be one of {', '.join(EFFORT_LEVELS)}; got {quote(effort)}"
+        )
+    return effort
+
+
+def _fallback_model(task: dict[str, Any]) -> str | None:
+    """One model name, or several separated by commas (the CLI's --fallback-model
+    takes a list), each a model name as task.model is."""
+    value = _text(task, "fallback_model", max_chars=MAX_LABEL_CHARS)
+    if value is None:
+        return None
+    if not all(MODEL_PATTERN.fullmatch(name) for name in value.split(",")):
+        raise InvalidCommand(
+            f"task.fallback_model {quote(value)} is not a model name, or a comma-separated "
+            "list of them (letters, digits and ._:/@[]-, each starting with a letter or digit)"
+        )
+    return value
+
+
+def _json_argument(task: dict[str, Any], key: str, *, reserved: int = 0) -> dict[str, Any] | None:
+    """An object the CLI takes as one argument of compact JSON, with `reserved`
+    bytes of that argument left for what the node wraps around it."""
+    if key not in task:
+        return None
+    value = task[key]
+    if not isinstance(value, dict):
+        raise InvalidCommand(f"task.{key} must be an object, got {_json_type(value)}")
+    try:
+        size = len(compact_json(value))
+    except RecursionError:
+        raise InvalidCommand(f"task.{key} is nested too deeply") from None
+    if size > MAX_ARGUMENT_BYTES - reserved:
+        raise InvalidCommand(
+            f"task.{key} must be at most {MAX_ARGUMENT_BYTES - reserved} bytes as compact "
+            f"JSON (the kernel's limit on one argument of a process), got {size}"
+        )
+    return value
+
+
+def _mcp_servers(task: dict[str, Any]) -> dict[str, Any] | None:
+    # --mcp-config takes {"mcpServers": ...} in one argument.
+    servers = _json_argument(task, "mcp_servers", reserved=len(compact_json({"mcpServers": {}})))
+    for name, config in (servers or {}).items():
+        if not isinstance(config, dict):
+            raise InvalidCommand(
+                f"task.mcp_servers[{quote(name)}] must be an object (a server's config), "
+                f"got {_json_type(config)}"
+            )
+    return servers
+
+
+def _retry(task: dict[str, Any]) -> RetrySpec | None:
+    if "retry" not in task:
+        return None
+    value = task["retry"]
+    if not isinstance(value, dict):
+        raise InvalidCommand(f"task.retry must be an object, got {_json_type(value)}")
+    _reject_unknown(value, _RETRY_KEYS, "task.retry")
+    if "max_attempts" not in value:
+        raise InvalidCommand("task.retry must have max_attempts")
+    attempts: int = _optional(value, "max_attempts", int, "task.retry")
+    if not 1 <= attempts <= MAX_RETRY_ATTEMPTS:
+        raise InvalidCommand(f"task.retry.max_attempts must be from 1 to {MAX_RETRY_ATTEMPTS}")
+    return RetrySpec(max_attempts=attempts)
+
+
+def _resume(task: dict[str, Any]) -> ResumeSpec | None:
+    if "resume" not in task:
+        return None
+    value = task["resume"]
+    if not isinstance(value, dict):
+        raise InvalidCommand(f"task.resume must be an object, got {_json_type(value)}")
+    _reject_unknown(value, _RESUME_KEYS, "task.resume")
+    session_id = _optional(value, "session_id", str, "task.resume")
+    if session_id is None:
+        raise InvalidCommand("task.resume must have session_id")
+    if not SESSION_ID_PATTERN.fullmatch(session_id):
+        raise InvalidCommand(
+            f"task.resume.session_id {quote(session_id)} is not a session id (a lowercase UUID)"
+        )
+    fork = value.get("fork", False)
+    if not isinstance(fork, bool):
+        raise InvalidCommand(f"task.resume.fork must be a boolean, got {_json_type(fork)}")
+    return ResumeSpec(session_id=session_id, fork=fork)
 
 
 # --- text ------------------------------------------------------------------------
@@ -275,13 +408,19 @@ def _env(task: dict[str, Any]) -> dict[str, str]:
     if not isinstance(value, dict):
         raise InvalidCommand("task.env must be an object of NAME: value strings")
     for name, item in value.items():
-        if not ENV_NAME_PATTERN.fullmatch(name):
-            raise InvalidCommand(f"task.env name {quote(name)} is not a valid environment name")
+        _check_env_name(name, "task.env")
         if not isinstance(item, str):
             # Name the variable, never its value: env values may be secrets.
             raise InvalidCommand(f"task.env[{quote(name)}] must be a string")
         _check_text(item, f"task.env[{quote(name)}]", max_bytes=MAX_ARGUMENT_BYTES - len(name) - 1)
     return dict(value)
+
+
+def _check_env_name(name: str, where: str) -> None:
+    if not ENV_NAME_PATTERN.fullmatch(name):
+        raise InvalidCommand(f"{where} name {quote(name)} is not a valid environment name")
+    if len(name) > MAX_ENV_NAME_CHARS:
+        raise InvalidCommand(f"{where} name {quote(name)} is longer than {MAX_ENV_NAME_CHARS}")
 
 
 def _secrets(task: dict[str, Any], env: dict[str, str]) -> dict[str, SecretRef]:
@@ -298,8 +437,7 @@ def _secrets(task: dict[str, Any], env: dict[str, str]) -> dict[str, SecretRef]:
     refs = {}
     for name, item in value.items():
         what = f"task.secrets[{quote(name)}]"
-        if not ENV_NAME_PATTERN.fullmatch(name):
-            raise InvalidCommand(f"task.secrets name {quote(name)} is not a valid environment name")
+        _check_env_name(name, "task.secrets")
         if name in env:
             raise InvalidCommand(f"{quote(name)} is in both task.env and task.secrets")
         if not isinstance(item, str):

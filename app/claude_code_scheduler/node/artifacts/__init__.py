@@ -4,7 +4,9 @@ runs/<run_id>/ before the terminal event that lists them goes out.
 
 - changes.patch (patch.py): for a git workspace, everything the run changed
   against the checked-out commit, made by git running as the run's own uid;
-- transcript.jsonl: the CLI's session file from its config folder;
+- transcript.jsonl: the CLI's session file from its config folder, then a
+  pointer sessions/<session id>.json to it, so that task.resume finds the
+  session by its id on any node (node.sessions);
 - files/<path> (files.py): what task.artifacts names in the working folder;
 - result.json (collect.py): the CLI's whole result line and what the node
   knows of the run, written once the outcome is known.

@@ -28,6 +28,7 @@ from claude_code_scheduler.node.artifacts.patch import collect_patch
 from claude_code_scheduler.node.artifacts.staging import Staging, Unreadable, open_run_file
 from claude_code_scheduler.node.process.environment import RunDirs
 from claude_code_scheduler.node.process.isolation import RunIdentity
+from claude_code_scheduler.node.sessions import record_session
 from claude_code_scheduler.protocol.events import ArtifactReport, StoredArtifact, iso
 from claude_code_scheduler.redaction import Redactor
 
@@ -108,6 +109,7 @@ def _collect_transcript(staging: Staging, folder: RunFolder, limits: ArtifactLim
                     f"{size} bytes, past the bound of {limits.max_transcript_bytes} bytes"
                 )
             staging.add_redacted(TRANSCRIPT_NAME, source, size)
+        staging.session_id = candidates[0].stem
     except Unreadable as exc:
         staging.omit(TRANSCRIPT_NAME, str(exc))
 
@@ -173,7 +175,8 @@ def store(
 ) -> ArtifactReport:
     """Uploads what is staged, through the log's retry path, result.json first;
     once the node gives up (the end of a shutdown's budget), what is left is
-    noted as not stored."""
+    noted as not stored. A stored transcript makes its session findable by
+    its id (node.sessions' pointer)."""
     ordered = sorted(staging.staged, key=lambda s: s.name != RESULT_NAME)
     stored: list[StoredArtifact] = []
     for staged in ordered:
@@ -194,4 +197,8 @@ def store(
         stored.append(
             StoredArtifact(staged.name, f"s3://{bucket}/{key}", staged.path.stat().st_size, digest)
         )
+    transcript_stored = any(s.name == TRANSCRIPT_NAME for s in stored)
+    if staging.session_id is not None and transcript_stored and not give_up.is_set():
+        # After the transcript, before the terminal event that names the session.
+        record_session(staging.session_id, run_id, staging.scratch("pointer"), uploader, give_up)
     return ArtifactReport(tuple(stored), tuple(staging.omitted))

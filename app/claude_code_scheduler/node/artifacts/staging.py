@@ -80,6 +80,8 @@ class Staging:
     redactor: Redactor
     staged: list[Staged] = field(default_factory=list)
     omitted: list[OmittedArtifact] = field(default_factory=list)
+    # The session whose file transcript.jsonl is (its name), for its pointer.
+    session_id: str | None = None
 
     @classmethod
     def create(cls, spool_folder: Path, run_id: str, redactor: Redactor) -> Staging:

@@ -6,13 +6,26 @@ Nothing here starts a process or touches AWS.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import sys
 from typing import Any
 
 from claude_code_scheduler.node.process.supervisor import ProcessResult
 from claude_code_scheduler.protocol import TaskSpec
-from claude_code_scheduler.protocol.events import RESULT_TEXT_LIMIT, TaskResult, cut_utf8
+from claude_code_scheduler.protocol.commands import compact_json
+from claude_code_scheduler.protocol.events import (
+    MODEL_USAGE_FIGURES,
+    MODEL_USAGE_MODELS,
+    MODEL_USAGE_NAME_LIMIT,
+    RESULT_TEXT_LIMIT,
+    ErrorType,
+    TaskResult,
+    TaskUsage,
+    cut_utf8,
+    publishable,
+)
 
 # The CLI's words when it refuses bypassPermissions to root (2.1.332).
 ROOT_REFUSAL_MARK = "cannot be used with root/sudo privileges"
@@ -37,11 +50,20 @@ SANDBOX_SETTINGS = {
 
 
 def claude_argv(claude_bin: str, task: TaskSpec, *, bash_sandbox: bool = False) -> list[str]:
-    argv = [claude_bin, "-p", "--verbose", "--output-format", "stream-json"]
-    if bash_sandbox:
-        argv += ["--settings", json.dumps(SANDBOX_SETTINGS, separators=(",", ":"))]
+    # --strict-mcp-config always: in -p mode the CLI starts, unasked, the
+    # servers of a workspace repository's own .mcp.json and of the run's user
+    # config (FINDINGS.md), each a command of someone else's choosing. Sealed,
+    # a run has the task's mcp_servers and nothing else.
+    argv = [claude_bin, "-p", "--verbose", "--output-format", "stream-json", "--strict-mcp-config"]
+    settings = run_settings(task, bash_sandbox=bash_sandbox)
+    if settings is not None:
+        argv += ["--settings", compact_json(settings)]
     if task.model:
         argv += ["--model", task.model]
+    if task.fallback_model:
+        argv += ["--fallback-model", task.fallback_model]
+    if task.effort:
+        argv += ["--effort", task.effort]
     if task.permission_mode:
         argv += ["--permission-mode", task.permission_mode]
     if task.allowed_tools:
@@ -50,8 +72,31 @@ def claude_argv(claude_bin: str, task: TaskSpec, *, bash_sandbox: bool = False) 
         argv += ["--disallowedTools", *task.disallowed_tools]
     if task.max_turns is not None:
         argv += ["--max-turns", str(task.max_turns)]
-    # The tool-list flags are variadic: without `--` they would swallow the prompt.
+    if task.max_budget_usd is not None:
+        argv += ["--max-budget-usd", repr(task.max_budget_usd)]
+    if task.system_prompt is not None:
+        argv += ["--system-prompt", task.system_prompt]
+    if task.append_system_prompt is not None:
+        argv += ["--append-system-prompt", task.append_system_prompt]
+    if task.json_schema is not None:
+        argv += ["--json-schema", compact_json(task.json_schema)]
+    if task.mcp_servers:
+        argv += ["--mcp-config", compact_json({"mcpServers": task.mcp_servers})]
+    if task.resume is not None:
+        argv += ["--resume", task.resume.session_id]
+        if task.resume.fork:
+            argv += ["--fork-session"]
+    # The tool-list flags and --mcp-config are variadic: without `--` they
+    # would swallow the prompt.
     return [*argv, "--", task.prompt]
+
+
+def run_settings(task: TaskSpec, *, bash_sandbox: bool) -> dict[str, Any] | None:
+    """The one --settings object of a run: the task's, with the node's sandbox
+    over it."""
+    if not bash_sandbox:
+        return task.settings
+    return {**(task.settings or {}), **SANDBOX_SETTINGS}
 
 
 def mock_argv(task: TaskSpec) -> list[str]:
@@ -71,6 +116,8 @@ def mock_argv(task: TaskSpec) -> list[str]:
         # One argument: protocol.workspace bounds it below the kernel's limit.
         "--write-files",
         json.dumps(mock.write_files, ensure_ascii=False),
+        # A mock has no model to fill the schema: it answers with an empty object.
+        *(["--structured-output", "{}"] if task.json_schema is not None else []),
         "--",
         task.prompt,
     ]
@@ -122,31 +169,163 @@ def summarize_result(result: dict[str, Any] | None) -> TaskResult | None:
     if result is None:
         return None
     text = result.get("result")
-
-    def pick(key: str, kinds: tuple[type, ...]) -> Any:
-        value = result.get(key)
-        return value if isinstance(value, kinds) and not isinstance(value, bool) else None
-
+    session_id = result.get("session_id")
     return TaskResult(
-        session_id=pick("session_id", (str,)),
-        total_cost_usd=pick("total_cost_usd", (int, float)),
-        num_turns=pick("num_turns", (int,)),
-        duration_ms=pick("duration_ms", (int, float)),
+        session_id=session_id if isinstance(session_id, str) else None,
+        total_cost_usd=_figure(result.get("total_cost_usd")),
+        num_turns=_count(result.get("num_turns")),
+        duration_ms=_figure(result.get("duration_ms")),
         is_error=bool(result.get("is_error", False)),
         text=text if isinstance(text, str) else None,
+        # Any JSON value; TaskResult.fields() leaves out one too big for an event.
+        structured_output=result.get("structured_output"),
     )
 
 
-def succeeded(process: ProcessResult, result: dict[str, Any] | None) -> bool:
+def usage_of(result: dict[str, Any] | None) -> TaskUsage | None:
+    """The `usage` of a run's terminal event, from its result line: what the
+    run cost and used. Every figure is checked, so an odd or hostile line
+    gives None for that figure, never an invalid event."""
+    if result is None:
+        return None
+    tokens = result.get("usage")
+    tokens = tokens if isinstance(tokens, dict) else {}
+    return TaskUsage(
+        total_cost_usd=_figure(result.get("total_cost_usd")),
+        input_tokens=_count(tokens.get("input_tokens")),
+        output_tokens=_count(tokens.get("output_tokens")),
+        cache_read_input_tokens=_count(tokens.get("cache_read_input_tokens")),
+        cache_creation_input_tokens=_count(tokens.get("cache_creation_input_tokens")),
+        model_usage=_model_usage(result.get("modelUsage")),
+        num_turns=_count(result.get("num_turns")),
+        duration_api_ms=_figure(result.get("duration_api_ms")),
+    )
+
+
+def _figure(value: Any) -> float | int | None:
+    """A non-negative finite number, else None (JSON's true is not 1, and
+    Python's json reads NaN and Infinity, which no event can carry)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if value >= 0 else None
+
+
+def _count(value: Any) -> int | None:
+    figure = _figure(value)
+    return figure if isinstance(figure, int) else None
+
+
+def _model_usage(value: Any) -> dict[str, dict[str, float]] | None:
+    """modelUsage, as model -> {figure name: number}: only its numbers (it
+    also names the provider and cost basis, which are words), cut to the
+    MODEL_USAGE_* bounds."""
+    if not isinstance(value, dict):
+        return None
+    models: dict[str, dict[str, float]] = {}
+    for model, figures in itertools.islice(value.items(), MODEL_USAGE_MODELS):
+        if not isinstance(figures, dict):
+            continue
+        numbers = ((name, _figure(number)) for name, number in figures.items())
+        kept = itertools.islice(((n, v) for n, v in numbers if v is not None), MODEL_USAGE_FIGURES)
+        models[publishable(str(model), MODEL_USAGE_NAME_LIMIT)] = {
+            publishable(str(name), MODEL_USAGE_NAME_LIMIT): number for name, number in kept
+        }
+    return models
+
+
+def succeeded(
+    process: ProcessResult, result: dict[str, Any] | None, *, wants_structured_output: bool = False
+) -> bool:
     """Exit 0 with a result line that is not an error; the exit code alone lies
-    (API errors come as subtype success with is_error true)."""
+    (API errors come as subtype success with is_error true). A task that set
+    json_schema succeeded only with the object it asked for."""
     return (
         process.exit_code == 0
         and result is not None
         and not result.get("is_error", False)
         and not process.timed_out
         and not process.cancelled
+        and not (wants_structured_output and lacks_structured_output(result))
     )
+
+
+def lacks_structured_output(result: dict[str, Any] | None) -> bool:
+    """The CLI ends `success` when the model answered in text and never gave
+    the structured output (2.1.332): the task did not get what it asked for."""
+    return result is None or result.get("structured_output") is None
+
+
+NO_STRUCTURED_OUTPUT = (
+    "the task set json_schema, but the CLI's result has no structured_output: "
+    "the model answered without giving the object"
+)
+
+
+# The result line's own names for how a run ended (2.1.332; FINDINGS.md,
+# "Outcomes the CLI's own way").
+BUDGET_SUBTYPE = "error_max_budget_usd"
+MAX_TURNS_SUBTYPE = "error_max_turns"
+NOT_LOGGED_IN_MARK = "Not logged in"
+# `api_error`, the CLI's typed kind of an API error (its schema says to treat
+# an unknown value as absent): the credential refused or unusable ...
+CREDENTIAL_ERRORS = frozenset(
+    {
+        "provider_credentials",
+        "api_key_auth_disabled",
+        "org_disabled_credential",
+        "invalid_credential_header",
+        "stored_login_refused",
+        "gateway_signin_required",
+        "gateway_session_expired",
+        "named_profile_unusable",
+    }
+)
+# ... and the API not reached, or its answer not arriving: worth another try.
+TRANSPORT_ERRORS = frozenset({"connection_failed", "no_response", "stream_idle_timeout"})
+API_ERROR_ENDING = "api_error"
+AUTHENTICATION_STATUSES = frozenset({401, 403})
+RATE_LIMITED_STATUS = 429
+OVERLOADED_STATUS = 529
+
+
+def failure_type(result: dict[str, Any] | None) -> ErrorType:
+    """What kind of failure a run's result line tells of (node.outcome's
+    table has the rows); ClaudeError where it tells of none an operator can
+    act on differently, or there is no result line."""
+    if result is None:
+        return ErrorType.CLAUDE_ERROR
+    subtype = result.get("subtype")
+    if subtype == BUDGET_SUBTYPE:
+        return ErrorType.BUDGET_EXCEEDED
+    if subtype == MAX_TURNS_SUBTYPE:
+        return ErrorType.MAX_TURNS
+    status = result.get("api_error_status")
+    status = status if isinstance(status, int) and not isinstance(status, bool) else None
+    kind = result.get("api_error")
+    kind = kind if isinstance(kind, str) else None  # a list is no kind, and unhashable
+    text = result.get("result")
+    text = text if isinstance(text, str) else ""
+    if (
+        status in AUTHENTICATION_STATUSES
+        or kind in CREDENTIAL_ERRORS
+        or text.startswith(NOT_LOGGED_IN_MARK)
+    ):
+        return ErrorType.AUTHENTICATION_FAILED
+    if status == RATE_LIMITED_STATUS:
+        return ErrorType.RATE_LIMITED
+    if status == OVERLOADED_STATUS:
+        return ErrorType.OVERLOADED
+    if status is not None and 500 <= status < 600:
+        return ErrorType.SERVER_ERROR
+    # With no status, a typed kind other than the transport's is the request's
+    # own fault (too long, refused by policy, ...); an untyped one is the
+    # client's timeout or a connection error the CLI could not name.
+    no_answer = kind is None or kind in TRANSPORT_ERRORS
+    if status is None and result.get("terminal_reason") == API_ERROR_ENDING and no_answer:
+        return ErrorType.SERVER_ERROR
+    return ErrorType.CLAUDE_ERROR
 
 
 def failure_message(process: ProcessResult, result: dict[str, Any] | None) -> str:

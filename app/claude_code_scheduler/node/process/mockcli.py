@@ -22,6 +22,13 @@ import time
 from pathlib import Path
 
 MAX_ASSISTANT_LINES = 10
+# What every mock run says it used and cost, in the result line's own shape
+# (FINDINGS.md: the genuine CLI's figures for 100 input and 20 output tokens
+# on opus), so the events, the node's running total and `submit --wait` show
+# a cost in mock mode too.
+MOCK_INPUT_TOKENS = 100
+MOCK_OUTPUT_TOKENS = 20
+MOCK_COST_USD = 0.0008
 
 
 def _random_id() -> str:
@@ -56,7 +63,9 @@ def _assistant(session_id: str, model: str, text: str) -> bytes:
     )
 
 
-def session_lines(prompt: str, model: str, output_bytes: int, exit_code: int) -> list[bytes]:
+def session_lines(
+    prompt: str, model: str, output_bytes: int, exit_code: int, structured_output: object = None
+) -> list[bytes]:
     session_id = _random_id()
     reply = f"Mock reply to: {prompt}"
     init = _line(
@@ -79,16 +88,39 @@ def session_lines(prompt: str, model: str, output_bytes: int, exit_code: int) ->
         "duration_api_ms": 0,
         "num_turns": 1,
         "session_id": session_id,
-        "total_cost_usd": 0.0,
+        **_usage(model),
     }
     if exit_code == 0:
         result["result"] = reply
+        if structured_output is not None:
+            result["structured_output"] = structured_output
     else:
         result["errors"] = [f"mock run failed with exit code {exit_code}"]
     first = _assistant(session_id, model, reply)
     fixed = len(init) + len(first) + len(_line(result))
     padding = _padding_lines(session_id, model, output_bytes - fixed)
     return [init, first, *padding, _line(result)]
+
+
+def _usage(model: str) -> dict[str, object]:
+    return {
+        "total_cost_usd": MOCK_COST_USD,
+        "usage": {
+            "input_tokens": MOCK_INPUT_TOKENS,
+            "output_tokens": MOCK_OUTPUT_TOKENS,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+        "modelUsage": {
+            model: {
+                "inputTokens": MOCK_INPUT_TOKENS,
+                "outputTokens": MOCK_OUTPUT_TOKENS,
+                "cacheReadInputTokens": 0,
+                "cacheCreationInputTokens": 0,
+                "costUSD": MOCK_COST_USD,
+            }
+        },
+    }
 
 
 def _filler(size: int) -> str:
@@ -129,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-bytes", type=int, default=2000)
     parser.add_argument("--model", default="mock")
     parser.add_argument("--write-files", default="{}", help="JSON: relative path -> text")
+    parser.add_argument("--structured-output", default=None, help="JSON: the result's object")
     parser.add_argument("prompt")
     args = parser.parse_args(argv)
     write_files(json.loads(args.write_files))
-    lines = session_lines(args.prompt, args.model, args.output_bytes, args.exit_code)
+    structured = None if args.structured_output is None else json.loads(args.structured_output)
+    lines = session_lines(args.prompt, args.model, args.output_bytes, args.exit_code, structured)
     pause = args.duration / len(lines)
     out = sys.stdout.buffer
     for line in lines:
