@@ -11,6 +11,7 @@ import sys
 import click
 
 from claude_code_scheduler import __version__
+from claude_code_scheduler.client.cancel import cancel
 from claude_code_scheduler.client.commands import COMMANDS
 from claude_code_scheduler.client.keys import keys
 from claude_code_scheduler.errors import (
@@ -41,7 +42,7 @@ def _show_envvars(command: click.Command) -> None:
             _show_envvars(sub)
 
 
-for _command in (node, healthcheck, *COMMANDS, keys):
+for _command in (node, healthcheck, *COMMANDS, cancel, keys):
     cli.add_command(_command)
 _show_envvars(cli)
 

@@ -220,6 +220,8 @@ awscli s3api put-bucket-lifecycle-configuration --bucket "$log_bucket" \
         '{"Rules":[' \
         '{"ID":"ExpireRunLogs","Status":"Enabled","Filter":{"Prefix":"logs/"},' \
         "\"Expiration\":{\"Days\":$log_retention_days}}," \
+        '{"ID":"ExpireCancelRequests","Status":"Enabled","Filter":{"Prefix":"cancels/"},' \
+        '"Expiration":{"Days":30}},' \
         '{"ID":"AbortIncompleteUploads","Status":"Enabled","Filter":{"Prefix":""},' \
         '"AbortIncompleteMultipartUpload":{"DaysAfterInitiation":1}}]}')" >/dev/null
 

@@ -124,7 +124,8 @@ def bus_from_calls(recorded: list[dict[str, Any]]) -> Bus:
             for rule in rules:
                 prefix = rule.get("Filter", {}).get("Prefix", rule.get("Prefix", ""))
                 if "Expiration" in rule:
-                    bus.bucket_settings["expire"] = (prefix, int(rule["Expiration"]["Days"]))
+                    expire = bus.bucket_settings.setdefault("expire", set())
+                    expire.add((prefix, int(rule["Expiration"]["Days"])))
                 if "AbortIncompleteMultipartUpload" in rule:
                     days = rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]
                     bus.bucket_settings["abort_uploads_days"] = int(days)
@@ -175,7 +176,8 @@ def bus_from_template() -> Bus:
     for rule in bucket["LifecycleConfiguration"]["Rules"]:
         if "ExpirationInDays" in rule:
             days = support.resolve(rule["ExpirationInDays"], template)
-            bus.bucket_settings["expire"] = (rule.get("Prefix", ""), int(days))
+            expire = bus.bucket_settings.setdefault("expire", set())
+            expire.add((rule.get("Prefix", ""), int(days)))
         if "AbortIncompleteMultipartUpload" in rule:
             days = rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]
             bus.bucket_settings["abort_uploads_days"] = int(days)

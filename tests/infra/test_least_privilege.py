@@ -30,7 +30,7 @@ PACKAGE_ROOT = support.REPO / "app"
 PACKAGE = PACKAGE_ROOT / "claude_code_scheduler"
 # The services the package has clients for (aws/clients.py), by the names the
 # code gives them: `self._sqs`, `clients.sqs`, `sqs`.
-SERVICES = ("sqs", "sns", "s3", "secretsmanager", "ssm")
+SERVICES = ("sqs", "sns", "s3", "secretsmanager", "ssm", "sts")
 CLIENT_NAMES = {f"{p}{s}": s for s in SERVICES for p in ("", "_")} | {"sqs_leases": "sqs"}
 # boto3 calls that need other IAM actions than their own name.
 SPECIAL_CALLS = {
@@ -52,6 +52,9 @@ OWN_ADAPTERS = {
     "_outbox": "node.outbox.Outbox.publish queues an event for the one publisher",
     "_bus": "aws.topic.BusClient.publish_batch calls sns.publish_batch",
 }
+# Calls IAM does not govern: "No permissions are required to perform this
+# operation" (the STS API reference, GetCallerIdentity); `cancel` names the caller.
+NEEDS_NO_GRANT = {"sts:GetCallerIdentity"}
 NODE_ENTRY = "claude_code_scheduler.node.command"
 # Granted for what the operator does with other tools, as the docs show.
 OPERATOR_OUTSIDE_THE_PACKAGE = {
@@ -281,6 +284,8 @@ def test_task_secrets_are_readable_under_the_prefix_only(messaging: dict[str, An
 
 def test_operator_policy_grants_exactly_what_the_client_calls() -> None:
     called = actions_called(closure(*operator_entries())) | OPERATOR_OUTSIDE_THE_PACKAGE
+    assert called >= NEEDS_NO_GRANT, "the walk sees the identity call"
+    called -= NEEDS_NO_GRANT
     granted = support.policy_actions(support.read_json(support.OPERATOR_POLICY))
     assert granted == called, difference(granted, called)
 
@@ -299,6 +304,30 @@ def test_operator_reads_logs_and_artifacts_and_writes_inputs_only(
     ]
     assert by_sid["UploadInputArchives"]["Action"] == "s3:PutObject"
     assert by_sid["UploadInputArchives"]["Resource"] == f"{objects}/inputs/*"
+
+
+def test_cancel_requests_are_written_by_the_operator_read_by_the_node_and_expire(
+    messaging: dict[str, Any],
+) -> None:
+    (bucket,) = support.resources(messaging, "AWS::S3::Bucket").values()
+    name = placeholders(support.resolve(bucket["BucketName"], messaging))
+    cancels = f"arn:${{Partition}}:s3:::{name}/cancels/*"
+    operator = {s["Sid"]: s for s in support.read_json(support.OPERATOR_POLICY)["Statement"]}
+    node = {s["Sid"]: s for s in support.read_json(support.NODE_POLICY)["Statement"]}
+    assert operator["RecordCancelRequests"]["Action"] == "s3:PutObject"
+    assert operator["RecordCancelRequests"]["Resource"] == cancels
+    assert operator["AnnounceCancelRequests"]["Resource"].endswith(
+        ":claude-code-scheduler-control-bus"
+    )
+    assert node["ReadCancelRequests"] == {
+        "Sid": "ReadCancelRequests",
+        "Effect": "Allow",
+        "Action": "s3:GetObject",
+        "Resource": cancels,
+    }
+    rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
+    assert rules["ExpireCancelRequests"]["Prefix"] == "cancels/"
+    assert rules["ExpireCancelRequests"]["ExpirationInDays"] == 30
 
 
 def test_operator_reader_queues_are_limited_to_the_client_prefix() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -81,6 +83,24 @@ def test_a_mock_run_of_a_json_schema_task_gives_structured_output(capsys: Any) -
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert lines[-1]["type"] == "result"
         assert lines[-1].get("structured_output") == expected
+
+
+def test_a_mock_run_stopped_by_sigint_ends_as_the_real_cli_does() -> None:
+    """SIGINT (a cancel's first signal): an aborted result line, exit 0 and no
+    traceback in the run's log, as CLI 2.1.332 does (FINDINGS.md, "Cancel")."""
+    # 13 lines over 20 s: the init line comes after 1.5 s, the rest would take 18 s more.
+    task = TaskSpec(prompt="p", mock=MockSpec(duration_seconds=20, output_bytes=100_000))
+    child = subprocess.Popen(mock_argv(task), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None
+    child.stdout.readline()  # the init line: the mock is running its loop
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0
+    assert err == b""
+    result = json.loads(out.splitlines()[-1])
+    assert result["type"] == "result"
+    assert (result["subtype"], result["is_error"]) == ("error_during_execution", True)
+    assert "result" not in result
 
 
 # --- ResultTracker ----------------------------------------------------------------------

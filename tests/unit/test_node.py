@@ -67,6 +67,7 @@ class FakeRun:
         secret_source: Any = None,
         objects: Any = None,
         retries: Any = None,
+        cancels: Any = None,
     ) -> None:
         self.command = command
         self.identity = identity

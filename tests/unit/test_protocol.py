@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from unit_support import make_config, schema_errors
 
+from claude_code_scheduler.aws.cancels import CancelRequest
 from claude_code_scheduler.node.main import registration
 from claude_code_scheduler.node.process.claude import summarize_result
 from claude_code_scheduler.protocol import (
@@ -31,6 +33,7 @@ from claude_code_scheduler.protocol.events import (
     EventType,
     NodeCounters,
     NodeStatus,
+    cancel_requested,
     encode_event,
     iso,
     node_deregistered,
@@ -55,6 +58,11 @@ FULL_TASK: dict[str, Any] = {
     "env": {"FOO": "bar", "_X1": ""},
     "mock": {"duration_seconds": 0.5, "exit_code": 3, "output_bytes": 5000},
 }
+
+
+CANCEL = CancelRequest(
+    "r-1", "runaway: € spent", "arn:aws:iam::123456789012:user/ops", "2024-01-01T00:00:00.000Z"
+)
 
 
 def command(run_id: Any = "run-1", **task: Any) -> dict[str, Any]:
@@ -682,6 +690,18 @@ def _events_as_the_code_builds_them() -> list[tuple[str, Event]]:
             task_failed("r-1", ErrorType.NODE_SHUTDOWN, "handed back", retryable=True),
         ),
         ("failed-node-error", task_failed("r-1", ErrorType.NODE_ERROR, "no upload")),
+        (
+            "failed-cancelled",
+            task_failed(
+                "r-1",
+                ErrorType.CANCELLED,
+                "cancelled by an operator",
+                log_uri=config.log_uri("r-1"),
+                cancel=CANCEL,
+            ),
+        ),
+        ("cancel-requested", cancel_requested(CANCEL)),
+        ("cancel-requested-no-reason", cancel_requested(replace(CANCEL, reason=None))),
     ]
 
 

@@ -42,6 +42,7 @@ class Harness:
             self.log, OutputBatcher(lambda s, t: self.chunks.append((s, t)))
         )
         self.cancel = threading.Event()
+        self.interrupt = threading.Event()
         self.cwd = tmp_path
         self.result: dict[str, Any] | None = None
 
@@ -55,6 +56,7 @@ class Harness:
         run_marker: str | None = None,
         identity: RunIdentity = SHARED,
         stdin_data: bytes | None = None,
+        cancel_grace: float = 0.5,
     ) -> ProcessResult:
         """Runs argv; the Claude result line it printed, if any, is in `result`."""
         tracker = ResultTracker()
@@ -70,6 +72,8 @@ class Harness:
             run_marker=run_marker,
             identity=identity,
             stdin_data=stdin_data,
+            interrupt=self.interrupt,
+            cancel_grace=cancel_grace,
         ).run()
         self.result = tracker.result
         return ended
@@ -267,6 +271,111 @@ def test_cancel_terminates_the_run(harness: Harness) -> None:
     assert not run.timed_out
     assert run.exit_code == -15, "SIGTERM first; it ends a well-behaved CLI"
     assert time.monotonic() - started < 10
+
+
+# --- an operator's cancel: SIGINT, then SIGTERM, then SIGKILL -------------------------
+
+# Each line the child prints names a signal that reached it, in order.
+SIGNAL_LOGGER = """
+import signal, sys, time
+def seen(signum, _frame):
+    print(signal.Signals(signum).name, flush=True)
+    if signal.Signals(signum).name in {exits_on}:
+        sys.exit(7)
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, seen)
+print("up", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def interrupted_run(harness: Harness, exits_on: set[str], **options: Any) -> ProcessResult:
+    """The child above, interrupted once it is up."""
+
+    def interrupt_when_up() -> None:
+        deadline = time.monotonic() + 10
+        while "up" not in harness.text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        harness.interrupt.set()
+
+    threading.Thread(target=interrupt_when_up, daemon=True).start()
+    return harness.run(python(SIGNAL_LOGGER.format(exits_on=exits_on or "set()")), **options)
+
+
+def test_an_interrupt_sends_sigint_first_and_a_child_that_stops_on_it_ends_there(
+    harness: Harness,
+) -> None:
+    run = interrupted_run(harness, {"SIGINT"}, cancel_grace=5.0)
+    assert run.interrupted
+    assert not run.cancelled and not run.timed_out
+    assert run.exit_code == 7, "it ended on SIGINT, of its own accord"
+    assert harness.text().split() == ["up", "SIGINT"]
+    assert run.duration_seconds < 5.0, "no SIGTERM was needed"
+
+
+def test_a_child_that_ignores_sigint_gets_sigterm_after_the_cancel_grace(
+    harness: Harness,
+) -> None:
+    run = interrupted_run(harness, {"SIGTERM"}, cancel_grace=1.0, kill_grace=5.0)
+    assert run.interrupted
+    assert run.exit_code == 7
+    assert harness.text().split() == ["up", "SIGINT", "SIGTERM"]
+    assert run.duration_seconds >= 1.0, "SIGTERM waited for the grace"
+
+
+def test_a_child_that_ignores_sigint_and_sigterm_gets_sigkill_after_the_kill_grace(
+    harness: Harness,
+) -> None:
+    run = interrupted_run(harness, set(), cancel_grace=0.5, kill_grace=0.5)
+    assert run.interrupted
+    assert run.exit_code == -9
+    assert harness.text().split() == ["up", "SIGINT", "SIGTERM"]
+    assert run.duration_seconds >= 1.0
+
+
+def test_a_shutdown_during_the_cancel_grace_does_not_wait_it_out(harness: Harness) -> None:
+    """A node that must stop cannot give a cancelled run the rest of its grace."""
+
+    def shut_down_after_sigint() -> None:
+        deadline = time.monotonic() + 10
+        while "SIGINT" not in harness.text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        harness.cancel.set()
+
+    threading.Thread(target=shut_down_after_sigint, daemon=True).start()
+    started = time.monotonic()
+    run = interrupted_run(harness, {"SIGTERM"}, cancel_grace=30.0)
+    assert run.interrupted, "what stopped it first"
+    assert harness.text().split() == ["up", "SIGINT", "SIGTERM"]
+    assert time.monotonic() - started < 20
+
+
+def test_an_interrupt_after_the_child_ended_changes_nothing(harness: Harness) -> None:
+    """The race with a run's natural end: a child that ended ends as it ended,
+    even while its output is still being drained (here a process of a session
+    of its own holds the pipes open for a second after the child exits)."""
+    code = """
+        import os, subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"],
+                         start_new_session=True)
+        open("exited", "w").close()
+        """
+
+    def interrupt_once_exited() -> None:
+        deadline = time.monotonic() + 10
+        while not (harness.cwd / "exited").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        harness.interrupt.set()
+
+    interrupter = threading.Thread(target=interrupt_once_exited, daemon=True)
+    interrupter.start()
+    run = harness.run(python(code))
+    interrupter.join(10)
+    assert run.duration_seconds > 1.0, "the run was still draining when the interrupt came"
+    assert run.exit_code == 0
+    assert not run.stopped
 
 
 GRANDCHILD = """

@@ -100,6 +100,14 @@ UPLOAD_CALLS = CallBounds(connect=5.0, read=30.0, attempts=3)
 # GetSecretValue and GetParameter: small answers, read before a run starts (a
 # task's secrets) or once at start-up (a key set); callers retry outages.
 SECRET_CALLS = CallBounds(connect=3.0, read=10.0, attempts=3)
+# A cancel's look-up (node.cancels), every 2 s per running run: a few hundred
+# bytes or a 404. One short try: the watcher asks again at its next poll, and
+# a look-up that hung on the upload client's 30 s x 3 would hold every
+# cancel past its 10 s bound.
+LOOKUP_CALLS = CallBounds(connect=2.0, read=3.0, attempts=1)
+# sts:GetCallerIdentity, once per `cancel` to name who asks: a small answer,
+# and the caller names user@host instead when it fails, so a short try.
+IDENTITY_CALLS = CallBounds(connect=3.0, read=5.0, attempts=2)
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,8 @@ class NodeClients(Clients):
     # own, so that they neither wait behind a long poll for a connection nor
     # share its bounds.
     sqs_leases: SQSClient
+    # Cancel look-ups: LOOKUP_CALLS, apart from the uploads' bounds and pool.
+    s3_lookups: S3Client
 
 
 def make_clients(
@@ -127,6 +137,14 @@ def make_clients(
     itself reads AWS_ENDPOINT_URL and the per-service AWS_ENDPOINT_URL_SQS and
     friends."""
     return _clients(_session(region, profile), endpoint_url)
+
+
+def make_identity_client(
+    *, region: str, profile: str | None = None, endpoint_url: str | None = None
+) -> Any:
+    """An STS client for GetCallerIdentity, which needs no IAM permission
+    (and is typed Any: the package ships no STS stubs)."""
+    return _client(_session(region, profile), "sts", IDENTITY_CALLS.config(), endpoint_url)
 
 
 def make_node_clients(
@@ -148,6 +166,7 @@ def make_node_clients(
         secretsmanager=common.secretsmanager,
         ssm=common.ssm,
         sqs_leases=_client(session, "sqs", LEASE_CALLS.config(pool), endpoint_url),
+        s3_lookups=_client(session, "s3", LOOKUP_CALLS.config(), endpoint_url),
     )
 
 

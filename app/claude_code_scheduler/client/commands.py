@@ -17,6 +17,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from claude_code_scheduler.aws.clients import Clients, make_identity_client
+from claude_code_scheduler.aws.names import validate_bucket
 from claude_code_scheduler.client.bus import (
     BusEvent,
     EventFilter,
@@ -24,12 +26,18 @@ from claude_code_scheduler.client.bus import (
     send_to_queue,
     send_to_topic,
 )
+from claude_code_scheduler.client.cancel import (
+    LOG_BUCKET_ENVVARS,
+    caller_identity,
+    request_cancel,
+)
 from claude_code_scheduler.client.keys import read_signing_key
 from claude_code_scheduler.client.options import (
     aws_options,
     clients_for,
     open_reader,
     reader_options,
+    region_of,
     stop_on_signals,
     task_field_options,
     validate_sources,
@@ -39,11 +47,18 @@ from claude_code_scheduler.client.watch import (
     Fleet,
     OutputAssembler,
     RunCost,
+    cancel_note,
     describe,
     ends_the_run,
     table,
 )
-from claude_code_scheduler.errors import EXIT_FAILURE, EXIT_OK, EXIT_WAIT_TIMEOUT, ConfigError
+from claude_code_scheduler.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_WAIT_TIMEOUT,
+    ConfigError,
+)
 from claude_code_scheduler.protocol import (
     EVENT_TYPES,
     PERMISSION_MODES,
@@ -134,12 +149,25 @@ LATE_OUTPUT_SECONDS = 2.0
 @click.option("--wait", is_flag=True, help="Follow the run: output, status, exit code.")
 @click.option("--wait-timeout", type=float, default=None, help="Give up waiting (exit 124).")
 @click.option("--raw", is_flag=True, help="With --wait: print stream-json lines as they are.")
+@click.option(
+    "--cancel-on-interrupt",
+    is_flag=True,
+    help="With --wait: Ctrl-C cancels the run (as `cancel` does) instead of only "
+    "stopping to follow it. Needs --log-bucket.",
+)
+@click.option(
+    "--log-bucket",
+    envvar=LOG_BUCKET_ENVVARS,
+    help="With --cancel-on-interrupt: the nodes' log bucket, where the request is written.",
+)
 @reader_options
 @aws_options
 def submit(**options: Any) -> None:
     """Send a RunTask to the nodes; print its run id. With --wait, follow it and
-    exit 0 on TaskCompleted, 1 on TaskFailed, 124 on --wait-timeout."""
+    exit 0 on TaskCompleted, 1 on TaskFailed, 124 on --wait-timeout, 130 on
+    Ctrl-C (which leaves the run going, unless --cancel-on-interrupt)."""
     validate_sources(options, reads=options["wait"])
+    _check_cancel_on_interrupt(options)
     command = build_command(options)
     topic, queue = _send_target(click.get_current_context(), options)
     body = wire_body(command, options)
@@ -161,7 +189,48 @@ def submit(**options: Any) -> None:
     ):
         send()  # after subscribing, so no event can be missed
         code = follow_run(reader, command.run_id, options, stop)
+        if code == EXIT_INTERRUPTED:
+            # Still inside stop_on_signals: a second Ctrl-C cannot cut the cancel short.
+            _interrupted(clients, command.run_id, options)
+            code = EXIT_INTERRUPTED
     raise SystemExit(code)
+
+
+def _check_cancel_on_interrupt(options: dict[str, Any]) -> None:
+    if not options["cancel_on_interrupt"]:
+        return
+    if not options["wait"]:
+        raise ConfigError("--cancel-on-interrupt needs --wait")
+    if not options.get("log_bucket"):
+        raise ConfigError("--cancel-on-interrupt needs --log-bucket (or CLAUDE_LOG_BUCKET)")
+    validate_bucket(options["log_bucket"])
+
+
+def _interrupted(clients: Clients, run_id: str, options: dict[str, Any]) -> None:
+    """Ctrl-C while following: the run goes on, and how to stop it is one
+    line away; or, with --cancel-on-interrupt, it is cancelled."""
+    if not options["cancel_on_interrupt"]:
+        _status(
+            f"run {run_id}: stopped following; the run goes on. To stop it: "
+            f"claude-code-scheduler cancel {run_id}"
+        )
+        return
+    bus = options.get("control_bus_arn")
+    sts = make_identity_client(
+        region=region_of(options.get("region"), bus),
+        profile=options.get("profile"),
+        endpoint_url=options.get("endpoint_url"),
+    )
+    result = request_cancel(
+        clients.s3,
+        clients.sns,
+        log_bucket=options["log_bucket"],
+        control_bus_arn=bus,
+        run_id=run_id,
+        reason="interrupted: submit --wait --cancel-on-interrupt",
+        requested_by=caller_identity(sts),
+    )
+    _status(result.line())
 
 
 def wire_body(command: RunTask, options: dict[str, Any]) -> str:
@@ -236,7 +305,8 @@ def follow_run(reader: Reader, run_id: str, options: dict[str, Any], stop: threa
                 terminal, late_until = event, time.monotonic() + LATE_OUTPUT_SECONDS
     _print(output.finish())
     if terminal is None:
-        return EXIT_FAILURE
+        # Only a stop ends the loop before the run's end: Ctrl-C or SIGTERM.
+        return EXIT_INTERRUPTED
     code = _report(run_id, terminal, time.monotonic() - started)
     if (spent := cost.line()) is not None:
         _status(f"run {run_id}: {spent}")
@@ -263,7 +333,10 @@ def _report(run_id: str, event: BusEvent, elapsed: float) -> int:
         )
         return EXIT_OK
     error = data["error"]
-    _status(f"run {run_id}: failed on {event.node_id}: {error['type']}: {error['message']}")
+    _status(
+        f"run {run_id}: failed on {event.node_id}: {error['type']}: {error['message']}"
+        f"{cancel_note(data.get('cancel'))}"
+    )
     return EXIT_FAILURE
 
 

@@ -172,10 +172,21 @@ def describe(body: dict[str, Any]) -> str:
         "TaskFailed": lambda: (
             f"run={data.get('run_id')} {data.get('error', {}).get('type')}: "
             f"{data.get('error', {}).get('message')} retryable={data.get('retryable')}"
-            f"{_attempt(data)}{_run_cost(data)}{_artifact_counts(data)}"
+            f"{_attempt(data)}{cancel_note(data.get('cancel'))}{_run_cost(data)}"
+            f"{_artifact_counts(data)}"
         ),
+        "CancelRequested": lambda: f"run={data.get('run_id')}{cancel_note(data)}",
     }.get(str(kind))
     return f"{head} {detail()}" if detail else head
+
+
+def cancel_note(cancel: Any) -> str:
+    """Who asked for a cancel and why (CancelRequested's data, a Cancelled
+    TaskFailed's `cancel`); empty for anything else."""
+    if not isinstance(cancel, dict):
+        return ""
+    reason = cancel.get("reason")
+    return f" by={cancel.get('requested_by')}" + ("" if reason is None else f" reason={reason!r}")
 
 
 def _run_cost(data: dict[str, Any]) -> str:
@@ -242,13 +253,22 @@ class Fleet:
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeView] = {}
+        # Runs a CancelRequested was heard for, until their end is heard.
+        self.cancelling: set[str] = set()
 
     def add(self, body: dict[str, Any]) -> None:
+        kind = body.get("event_type")
+        run_id = body.get("data", {}).get("run_id")
+        if kind == "CancelRequested":
+            # From an operator, not a node: it marks the run, not a node.
+            self.cancelling.add(str(run_id))
+            return
+        if kind in ("TaskCompleted", "TaskFailed"):
+            self.cancelling.discard(str(run_id))
         node_id = str(body.get("node_id"))
         node = self.nodes.setdefault(node_id, NodeView(node_id, str(body.get("node_name"))))
         sequence = int(body.get("sequence", 0))
         data = body.get("data", {})
-        kind = body.get("event_type")
         if kind == "NodeRegistered":
             node.heartbeat_interval = float(data.get("heartbeat_interval") or 0) or None
         if sequence < node.last_sequence:
@@ -273,7 +293,10 @@ class Fleet:
             node.cost_usd = float(data["total_cost_usd"])
 
     def rows(self, now: float, default_interval: float) -> list[dict[str, Any]]:
-        return [self.nodes[key].row(now, default_interval) for key in sorted(self.nodes)]
+        rows = [self.nodes[key].row(now, default_interval) for key in sorted(self.nodes)]
+        for row in rows:
+            row["cancelling"] = [r for r in row["running"] if r in self.cancelling]
+        return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -283,7 +306,11 @@ def table(rows: list[dict[str, Any]]) -> str:
             r["node_id"],
             r["node_name"],
             r["status"],
-            ",".join(r["running"]) or "-",
+            ",".join(
+                f"{run} (cancelling)" if run in r.get("cancelling", ()) else run
+                for run in r["running"]
+            )
+            or "-",
             f"{r['last_heartbeat_age_seconds']:.0f}s ago",
             str(r["tasks_completed"]),
             str(r["tasks_failed"]),

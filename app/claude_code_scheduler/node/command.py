@@ -230,6 +230,15 @@ REQUIRED = {
     help="Seconds between SIGTERM and SIGKILL when a run is stopped.",
 )
 @click.option(
+    "--cancel-grace",
+    envvar="CLAUDE_NODE_CANCEL_GRACE",
+    type=float,
+    default=default("cancel_grace"),
+    show_default=True,
+    help="Seconds a cancelled run's processes get between SIGINT and SIGTERM "
+    "(then --kill-grace before SIGKILL).",
+)
+@click.option(
     "--log-format",
     envvar="CLAUDE_NODE_LOG_FORMAT",
     type=click.Choice(["text", "json"]),
@@ -285,6 +294,7 @@ def build_config(options: dict[str, Any], ecs_task: EcsTask | None) -> NodeConfi
         work_dir=options.get("work_dir") or default_work_dir(),
         state_file=options.get("state_file"),
         kill_grace=options["kill_grace"],
+        cancel_grace=options["cancel_grace"],
         pass_aws_credentials=options["pass_aws_credentials"],
         claude_max_retries=options["claude_max_retries"],
         run_uid_base=options["run_uid_base"],

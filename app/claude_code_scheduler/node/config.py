@@ -62,6 +62,9 @@ class NodeConfig:
     state_file: Path | None = None
     # Seconds between SIGTERM to the CLI and SIGKILL to its process group.
     kill_grace: float = 3.0
+    # Seconds between SIGINT to a cancelled run's process group and SIGTERM
+    # (node.cancels: with the poll and kill_grace, within the 10 s bound).
+    cancel_grace: float = 3.0
     # Hand the node's AWS credentials to the CLI (for CLAUDE_CODE_USE_BEDROCK).
     pass_aws_credentials: bool = False
     # CLAUDE_CODE_MAX_RETRIES for the CLI; None leaves the CLI's default (10).
@@ -103,6 +106,7 @@ class NodeConfig:
                 f"--poll-wait-seconds: must be from 1 to {MAX_POLL_WAIT_SECONDS} (the SQS limit)",
             ),
             (self.kill_grace >= 0, "--kill-grace: must not be negative"),
+            (self.cancel_grace >= 0, "--cancel-grace: must not be negative"),
             (
                 self.claude_max_retries is None or self.claude_max_retries >= 0,
                 "--claude-max-retries: must not be negative",

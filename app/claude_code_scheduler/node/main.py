@@ -15,6 +15,7 @@ import time
 from types import FrameType
 
 from claude_code_scheduler import __version__, logsetup
+from claude_code_scheduler.aws.cancels import CancelStore
 from claude_code_scheduler.aws.clients import NodeClients, make_node_clients
 from claude_code_scheduler.aws.credentials import NodeCredentials
 from claude_code_scheduler.aws.logstore import LogStore
@@ -105,6 +106,8 @@ def run_node(config: NodeConfig, ecs_task: EcsTask | None) -> int:
         secret_source=SecretReader(clients.secretsmanager, clients.ssm),
         objects=S3Objects(clients.s3),
         retries=retries,
+        # Operators' cancel requests, in the log bucket (docs/cancel.md).
+        cancels=CancelStore(clients.s3_lookups, config.log_bucket),
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

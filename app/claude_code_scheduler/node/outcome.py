@@ -3,6 +3,9 @@ Ending and the terminal event that says so. The first row that applies:
 
   | what happened                              | event, error type    | ending       |
   |--------------------------------------------|----------------------|--------------|
+  | an operator cancelled the run (`cancel`)   | Cancelled            | failed       |
+  |   while it ran: the CLI or the workspace   |                      |              |
+  |   was stopped for it (RunEnd.cancel)       |                      |              |
   | a shutdown stopped the run                 | NodeShutdown         | handed back  |
   | a shutdown came before the log was stored  | NodeShutdown         | handed back  |
   | the CLI could not be started               | NodeError            | failed       |
@@ -30,12 +33,20 @@ Ending and the terminal event that says so. The first row that applies:
   `usage`. The message of a failure is the CLI's own words
   (`claude.failure_message`).
 
+A Cancelled run's event carries the request (`cancel`: who asked, why, when)
+and, as any end does, its log and artifacts. A run whose CLI had ended on its
+own when the cancel came ends as it ended: only a stop that the cancel caused
+makes it Cancelled. A run cancelled before it started (`cancelled`: the
+request was there when its command came, or came while its secrets or
+session were read) is Cancelled too, with no log.
+
 A run whose task.secrets cannot be read ends before its CLI starts
 (`unresolved`): SecretError, failed (a missing or forbidden secret stays so),
 or NodeShutdown, handed back, when a shutdown interrupted the reading. So
 does a run whose task.resume session cannot be restored (node.sessions):
 SessionError, failed (unknown, unreadable, too large or forbidden stays so),
-or NodeShutdown, handed back.
+or NodeShutdown, handed back; Cancelled, failed, when an operator's cancel
+interrupted the reading.
 
 What becomes of the message for each ending is `messages`' decision. No I/O.
 """
@@ -48,6 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from claude_code_scheduler.aws.cancels import CancelRequest
 from claude_code_scheduler.node.messages import Ending, MessageAction, action_after_run
 from claude_code_scheduler.node.process.claude import (
     NO_STRUCTURED_OUTPUT,
@@ -115,6 +127,8 @@ class RunEnd:
     attempt: int = 1  # which attempt at the command this run is, from 1
     final_attempt: bool = False  # the last attempt the retry policy allows
     wants_structured_output: bool = False  # the task set json_schema
+    # The operator's request, if one came before the run's end (RunControl).
+    cancel: CancelRequest | None = None
 
 
 def conclude(end: RunEnd, redact: Callable[[str], str]) -> RunOutcome:
@@ -122,7 +136,12 @@ def conclude(end: RunEnd, redact: Callable[[str], str]) -> RunOutcome:
     process = end.process
     usage = usage_of(end.result_line)
 
-    def failed(error_type: ErrorType, message: str, ending: Ending = Ending.FAILED) -> RunOutcome:
+    def failed(
+        error_type: ErrorType,
+        message: str,
+        ending: Ending = Ending.FAILED,
+        cancel: CancelRequest | None = None,
+    ) -> RunOutcome:
         final_attempt = ending is Ending.RETRY_LATER and end.final_attempt
         if final_attempt:
             ending = Ending.FAILED
@@ -138,9 +157,14 @@ def conclude(end: RunEnd, redact: Callable[[str], str]) -> RunOutcome:
             attempt=end.attempt,
             final_attempt=final_attempt,
             usage=usage,
+            cancel=cancel,
         )
         return RunOutcome(ending, event)
 
+    if end.cancel is not None and (process.interrupted or process.cancelled):
+        # Cancelled even if a shutdown stopped it too: handed back, it would
+        # only be cancelled by the next node to receive it.
+        return failed(ErrorType.CANCELLED, cancel_message(end.cancel), cancel=end.cancel)
     if process.cancelled:
         reason = (
             "the node stopped before the run finished; the run was terminated and "
@@ -185,6 +209,33 @@ def conclude(end: RunEnd, redact: Callable[[str], str]) -> RunOutcome:
     error_type = failure_type(end.result_line)
     ending = Ending.RETRY_LATER if error_type in RETRIED_LATER else Ending.FAILED
     return failed(error_type, failure_message(process, end.result_line), ending)
+
+
+def cancel_message(request: CancelRequest) -> str:
+    """TaskFailed Cancelled's message: the event's `cancel` says the same, as fields."""
+    why = f": {request.reason}" if request.reason else ""
+    return f"cancelled by {request.requested_by}{why}"
+
+
+def cancelled(
+    request: CancelRequest,
+    duration_seconds: float,
+    redact: Callable[[str], str],
+    *,
+    attempt: int | None = None,
+) -> RunOutcome:
+    """A run cancelled before its CLI started (see the top): failed, so its
+    message is deleted and no node runs it."""
+    event = task_failed(
+        request.run_id,
+        ErrorType.CANCELLED,
+        redact(cancel_message(request)),
+        duration_seconds=duration_seconds,
+        retryable=Ending.FAILED.retryable,
+        attempt=attempt,
+        cancel=request,
+    )
+    return RunOutcome(Ending.FAILED, event)
 
 
 def unresolved(

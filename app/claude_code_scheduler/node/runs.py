@@ -4,6 +4,11 @@ The order is the protocol's promise: output events while the run lasts, then
 the log upload, then the terminal event, and only then is the message
 settled, by `messages`, once the bus has taken that event. A run stopped by a
 node shutdown is handed back to the queue instead.
+
+An operator's cancel (node.cancels) is looked up once before the run starts
+(a cancelled run never starts), and then arrives through RunControl while it
+runs: it interrupts whatever the run is waiting on (its secrets, its session,
+its workspace, its CLI), and the run ends Cancelled with its log and artifacts.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import botocore.exceptions
+
 from claude_code_scheduler import logsetup
+from claude_code_scheduler.aws.cancels import CancelRequest
 from claude_code_scheduler.aws.errors import error_code
 from claude_code_scheduler.aws.logstore import LogUploader
 from claude_code_scheduler.aws.objects import ObjectReader
@@ -36,7 +44,13 @@ from claude_code_scheduler.node.artifacts.staging import Staging
 from claude_code_scheduler.node.config import NodeConfig, log_key
 from claude_code_scheduler.node.messages import Ending
 from claude_code_scheduler.node.outbox import Delivery, EventSink
-from claude_code_scheduler.node.outcome import RunEnd, RunOutcome, conclude, unresolved
+from claude_code_scheduler.node.outcome import (
+    RunEnd,
+    RunOutcome,
+    cancelled,
+    conclude,
+    unresolved,
+)
 from claude_code_scheduler.node.output import OutputBatcher, OutputRecorder, open_spool
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.claude import (
@@ -70,13 +84,52 @@ class RunSettler(Protocol):
     def run_ended(self, run_id: str, ending: Ending, delivery: Delivery) -> None: ...
 
 
+class CancelLookup(Protocol):
+    """Whether an operator asked for a run to stop (aws.cancels.CancelStore)."""
+
+    def lookup(self, run_id: str) -> CancelRequest | None: ...
+
+
+class _Relayed(threading.Event):
+    """An Event that, once set, also sets `also`: RunControl's `stopping`."""
+
+    def __init__(self, also: threading.Event) -> None:
+        super().__init__()
+        self._also = also
+
+    def set(self) -> None:
+        super().set()
+        self._also.set()
+
+
 @dataclass
 class RunControl:
-    """What the node can do to a run from outside: cancel it, and give up on
-    retrying its log upload and output when the stop budget is spent."""
+    """What the node can do to a run from outside: stop it for a shutdown
+    (`cancel`: handed back), stop it for an operator's cancel
+    (`request_cancel`: Cancelled), and give up on retrying its log upload and
+    output when the stop budget is spent.
 
-    cancel: threading.Event = field(default_factory=threading.Event)
+    `stopping` is set by either stop: what the run's waits before and around
+    its CLI (secrets, session, workspace, a slow bus) are interrupted by. The
+    CLI itself tells the two apart (node.process.supervisor)."""
+
+    stopping: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(init=False)
+    interrupt: threading.Event = field(init=False)
     give_up: threading.Event = field(default_factory=threading.Event)
+    # The operator's request, set before `interrupt` so that whoever sees
+    # the interrupt finds it.
+    cancel_request: CancelRequest | None = None
+
+    def __post_init__(self) -> None:
+        self.cancel = _Relayed(self.stopping)
+        self.interrupt = _Relayed(self.stopping)
+
+    def request_cancel(self, request: CancelRequest) -> None:
+        """Called by the cancel watcher's thread; only sets, never waits."""
+        if self.cancel_request is None:
+            self.cancel_request = request
+        self.interrupt.set()
 
 
 class TaskRun:
@@ -97,10 +150,13 @@ class TaskRun:
         retries: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         artifact_limits: ArtifactLimits = DEFAULT_LIMITS,
+        cancels: CancelLookup | None = None,
     ) -> None:
         """`identity`: the run slot's uid and gid, which the run's processes
         and folders get (isolation.py). `secret_source` reads task.secrets
-        (None: a task that names any fails with SecretError)."""
+        (None: a task that names any fails with SecretError). `cancels`:
+        where the run's cancel request is looked up before it starts (None:
+        not looked up)."""
         self._config = config
         self._command = command
         self._attempt = attempt
@@ -113,6 +169,7 @@ class TaskRun:
         self._environ = dict(os.environ) if environ is None else dict(environ)
         self._identity = identity
         self._secret_source = secret_source
+        self._cancels = cancels
         # The task's own variables for the CLI: task.env, then the resolved
         # task.secrets (execute); held in memory only.
         self._task_env = dict(command.task.env)
@@ -145,6 +202,11 @@ class TaskRun:
         return self._command.run_id
 
     def execute(self) -> RunOutcome:
+        request = self._cancel_before_start()
+        if request is not None:
+            return self._ended_before_cli(
+                cancelled(request, 0.0, self._redact, attempt=self._attempt)
+            )
         task = self._command.task
         log.info("run started (attempt %d)", self._attempt, extra={"run_id": self.run_id})
         self._outbox.publish(
@@ -181,6 +243,26 @@ class TaskRun:
             self._report(outcome, process)
         return outcome
 
+    def _cancel_before_start(self) -> CancelRequest | None:
+        """The run's cancel request, if one was made before its command came
+        (or before a node restart that released it). A lookup that fails
+        starts the run: the watcher looks again every few seconds while it
+        runs (node.cancels)."""
+        if self._cancels is None:
+            return None
+        try:
+            request = self._cancels.lookup(self.run_id)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            log.warning(
+                "could not look up the run's cancel request: %s; starting it",
+                error_code(exc),
+                extra={"run_id": self.run_id},
+            )
+            return None
+        if request is not None:
+            log.info("the run was cancelled before it started", extra={"run_id": self.run_id})
+        return request
+
     def _resolve_secrets(self) -> dict[str, str]:
         """task.secrets, read with the node's role (node.secrets); the time it
         takes counts against the run's timeout."""
@@ -190,22 +272,32 @@ class TaskRun:
         if self._secret_source is None:
             raise SecretError("task.secrets: this node has no secret reader")
         resolver = SecretResolver(self._secret_source, self._config.secrets_prefix)
-        return resolver.resolve(secrets, interrupt=self._control.cancel, time_left=self._time_left)
+        return resolver.resolve(
+            secrets, interrupt=self._control.stopping, time_left=self._time_left
+        )
 
     def _time_left(self) -> float:
         return max(0.0, self._deadline - self._clock())
 
     def _unresolved(self, exc: SecretError | SessionError) -> RunOutcome:
-        """The run ends before its CLI starts (node.outcome.unresolved)."""
-        started = self._deadline - self._timeout
-        process = ProcessResult(
-            exit_code=None, duration_seconds=self._clock() - started, output_bytes=0, stderr_tail=""
-        )
+        """The run ends before its CLI starts (node.outcome.unresolved), or,
+        when an operator's cancel interrupted the reading, Cancelled."""
+        duration = self._clock() - (self._deadline - self._timeout)
         with logsetup.SECRETS.for_run(self.run_id, self._task_env.values()):
-            outcome = unresolved(
-                self.run_id, exc, process.duration_seconds, self._redact, attempt=self._attempt
-            )
-            self._report(outcome, process)
+            request = self._control.cancel_request
+            if exc.interrupted and request is not None:
+                outcome = cancelled(request, duration, self._redact, attempt=self._attempt)
+            else:
+                outcome = unresolved(
+                    self.run_id, exc, duration, self._redact, attempt=self._attempt
+                )
+            return self._ended_before_cli(outcome, duration)
+
+    def _ended_before_cli(self, outcome: RunOutcome, duration: float = 0.0) -> RunOutcome:
+        process = ProcessResult(
+            exit_code=None, duration_seconds=duration, output_bytes=0, stderr_tail=""
+        )
+        self._report(outcome, process)
         return outcome
 
     def _run_process(self, spool: Path) -> tuple[ProcessResult, dict[str, Any] | None]:
@@ -245,20 +337,19 @@ class TaskRun:
                     # What is left of the run's timeout after reading its secrets.
                     timeout=self._time_left(),
                     kill_grace=self._config.kill_grace,
+                    # A shutdown's stop (SIGTERM) and an operator's (SIGINT first).
                     cancel=self._control.cancel,
+                    interrupt=self._control.interrupt,
+                    cancel_grace=self._config.cancel_grace,
                     stdout_reader=tracker,
                     run_marker=marker,
                     identity=self._identity,
                     clock=self._clock,
                 ).run()
-                completed = (
-                    not process.timed_out
-                    and not process.cancelled
-                    and succeeded(
-                        process,
-                        tracker.result,
-                        wants_structured_output=task.json_schema is not None,
-                    )
+                completed = not process.stopped and succeeded(
+                    process,
+                    tracker.result,
+                    wants_structured_output=task.json_schema is not None,
                 )
                 return self._workspace.push_work(runner, process, completed), tracker.result
         finally:
@@ -276,7 +367,7 @@ class TaskRun:
             resume.session_id,
             dirs,
             self._identity,
-            interrupt=self._control.cancel,
+            interrupt=self._control.stopping,
             time_left=self._time_left,
         )
         runner.say(restored.describe())
@@ -293,7 +384,8 @@ class TaskRun:
             recorder=recorder,
             identity=self._identity,
             time_left=self._time_left,
-            cancel=self._control.cancel,
+            # git and the archive's download stop for a shutdown and a cancel alike.
+            cancel=self._control.stopping,
             kill_grace=self._config.kill_grace,
             run_marker=marker,
             clock=self._clock,
@@ -346,10 +438,10 @@ class TaskRun:
         self._outbox.publish(event, backpressure=True, stop_waiting=self._stop_waiting)
 
     def _stop_waiting(self) -> bool:
-        """A slow bus must not hold the run past its deadline or a shutdown: the
-        pump that waits here is the one that enforces them."""
+        """A slow bus must not hold the run past its deadline, a shutdown or a
+        cancel: the pump that waits here is the one that enforces them."""
         return (
-            self._control.cancel.is_set()
+            self._control.stopping.is_set()
             or self._control.give_up.is_set()
             or self._clock() >= self._deadline
         )
@@ -370,6 +462,7 @@ class TaskRun:
             attempt=self._attempt,
             final_attempt=self._final_attempt(),
             wants_structured_output=self._command.task.json_schema is not None,
+            cancel=self._control.cancel_request,
         )
         return conclude(end, self._redact)
 
@@ -397,6 +490,8 @@ class TaskRun:
             event_type=outcome.event.event_type.value,
             error_type=error["type"] if isinstance(error, dict) else None,
             workspace_commit=self._workspace.commit,
+            # Whether the command runs again: `cancel` tells an ended run by it.
+            retryable=outcome.ending.retryable,
         )
         self._staging.add_text("result.json", result_document(record, result_line, self._redactor))
         report = store(

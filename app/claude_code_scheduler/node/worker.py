@@ -6,6 +6,7 @@ Threads and what each owns:
   the message lifecycle (messages.py), which decides what becomes of it;
 - leases: every SQS write (extend, delete, release), as the lifecycle decides;
 - heartbeat: NodeHeartbeat every interval, during runs too;
+- cancels: looks up an operator's cancel for each running run (node.cancels);
 - outbox: the one SNS publisher, in order, through outages;
 - one thread per run: the child process, its log and its terminal event.
 
@@ -14,9 +15,11 @@ Shutdown order (SIGTERM or SIGINT):
    brings back is released at once;
 2. idle: go straight to 4;
 3. busy: let runs finish for up to `shutdown_timeout` (a second signal skips
-   this); then terminate what is left, all at once, upload its log, publish
-   TaskFailed NodeShutdown and hand its message back;
-4. stop heartbeats, publish NodeDeregistered, close the outbox (nothing is
+   this; a cancel still stops a run meanwhile); then terminate what is left,
+   all at once, upload its log, publish TaskFailed NodeShutdown and hand its
+   message back;
+4. stop the cancel watcher (without waiting on a lookup in flight) and
+   heartbeats, publish NodeDeregistered, close the outbox (nothing is
    published after this, and what it gave up on counts as not delivered, so
    its message goes back);
 5. wait for the poll in flight to return; release whatever run is still
@@ -46,6 +49,7 @@ from claude_code_scheduler.aws.retry import full_jitter
 from claude_code_scheduler.aws.secrets import SecretSource
 from claude_code_scheduler.errors import ConfigError
 from claude_code_scheduler.node import health
+from claude_code_scheduler.node.cancels import CANCEL_POLL_SECONDS, CancelWatcher
 from claude_code_scheduler.node.config import NodeConfig
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Admission, CommandVerifier, MessageLifecycle
@@ -53,7 +57,7 @@ from claude_code_scheduler.node.outbox import EventSink
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.isolation import IsolationPolicy
 from claude_code_scheduler.node.retries import RetryPolicy
-from claude_code_scheduler.node.runs import RunControl, TaskRun
+from claude_code_scheduler.node.runs import CancelLookup, RunControl, TaskRun
 from claude_code_scheduler.node.shutdown import (
     FINAL_PUBLISH_SECONDS,
     FINAL_WRITES_SECONDS,
@@ -119,10 +123,15 @@ class Node:
         objects: ObjectReader | None = None,
         retries: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cancels: CancelLookup | None = None,
+        cancel_poll_seconds: float = CANCEL_POLL_SECONDS,
     ) -> None:
         """`isolation`: as whom each slot's runs run; by default the node's own uid.
         `objects` reads archive workspaces (node.workspace.archive). `retries`:
-        by default the config's, with no dead-letter queue to stay below."""
+        by default the config's, with no dead-letter queue to stay below.
+        `cancels`: where operators' cancel requests are looked up, before a
+        run and while it runs (None: runs cannot be cancelled), every
+        `cancel_poll_seconds` while they run."""
         self._config = config
         # Reads task.secrets for each run (node.secrets).
         self._secret_source = secret_source
@@ -153,6 +162,12 @@ class Node:
             target=self._heartbeat_loop, name="heartbeat", daemon=True
         )
         self._heartbeat_stop = threading.Event()
+        self._cancels = cancels
+        self._cancel_watcher = (
+            None
+            if cancels is None
+            else CancelWatcher(cancels, self._running_controls, interval=cancel_poll_seconds)
+        )
 
     # --- signals: only set events ------------------------------------------
 
@@ -181,6 +196,8 @@ class Node:
         self._write_state("idle")
         self._leases.start()
         self._heartbeat.start()
+        if self._cancel_watcher is not None:
+            self._cancel_watcher.start()
         self._poller.start()
         while not self._stop.wait(IDLE_WAIT):
             pass
@@ -197,6 +214,8 @@ class Node:
         log.info("stopping (%s)", self._stop_reason)
         if self._busy():
             self._drain(budget)
+        if self._cancel_watcher is not None:
+            self._cancel_watcher.stop()
         self._heartbeat_stop.set()
         self._heartbeat.join(budget.left(self._clock() + 5.0, self._clock()))
         self._outbox.publish(node_deregistered(self._stop_reason, self._counters()))
@@ -311,6 +330,7 @@ class Node:
             objects=self._objects,
             retries=self._retries,
             clock=self._clock,
+            cancels=self._cancels,
         )
         thread = threading.Thread(
             target=self._run_thread, args=(run,), name=f"run-{command.run_id}", daemon=True
@@ -330,6 +350,10 @@ class Node:
     def _busy(self) -> bool:
         with self._lock:
             return bool(self._active)
+
+    def _running_controls(self) -> dict[str, RunControl]:
+        with self._lock:
+            return {run_id: active.control for run_id, active in self._active.items()}
 
     def _run_deadlines(self) -> list[float]:
         with self._lock:

@@ -16,9 +16,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from claude_code_scheduler.protocol.commands import PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    # aws.cancels builds on this module; the request only passes through here.
+    from claude_code_scheduler.aws.cancels import CancelRequest
 
 # The protocol's limit on TaskCompleted's result text, in UTF-8 bytes.
 RESULT_TEXT_LIMIT = 4096
@@ -50,6 +54,14 @@ STRUCTURED_OUTPUT_LIMIT = 64 * 1024
 MODEL_USAGE_MODELS = 8
 MODEL_USAGE_FIGURES = 16
 MODEL_USAGE_NAME_LIMIT = 128
+# A cancel's reason and who asked, in UTF-8 bytes: the `cancel` command
+# refuses a longer reason; a record written by other means is cut to these.
+CANCEL_REASON_LIMIT = 1024
+CANCEL_BY_LIMIT = 2048
+# CancelRequested comes from the `cancel` command, not a node: its envelope
+# names this instead of a node id, and each one is the first and only event
+# of its publisher (sequence 1).
+OPERATOR_NODE_ID = "operator"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -61,10 +73,12 @@ class EventType(StrEnum):
     TASK_OUTPUT = "TaskOutput"
     TASK_COMPLETED = "TaskCompleted"
     TASK_FAILED = "TaskFailed"
+    # Published by the `cancel` command, not by a node.
+    CANCEL_REQUESTED = "CancelRequested"
 
     @property
     def about_a_run(self) -> bool:
-        return self.value.startswith("Task")
+        return self.value.startswith("Task") or self is EventType.CANCEL_REQUESTED
 
 
 EVENT_TYPES = tuple(t.value for t in EventType)
@@ -92,6 +106,9 @@ class ErrorType(StrEnum):
     AUTHENTICATION_FAILED = "AuthenticationFailed"
     # A task.resume session that is unknown or cannot be read.
     SESSION_ERROR = "SessionError"
+    # An operator asked for the run to stop (`cancel`); the event's `cancel`
+    # says who and why.
+    CANCELLED = "Cancelled"
 
 
 class NodeStatus(StrEnum):
@@ -467,10 +484,12 @@ def task_failed(
     attempt: int | None = None,
     final_attempt: bool = False,
     usage: TaskUsage | None = None,
+    cancel: CancelRequest | None = None,
 ) -> Event:
     """`attempt` is None where no attempt was counted (InvalidCommand,
     Duplicate); `final_attempt`: a kind of failure the fleet retries, but this
-    was the last attempt allowed (so `retryable` is false)."""
+    was the last attempt allowed (so `retryable` is false); `cancel`: the
+    operator's request a Cancelled run ended on."""
     return Event(
         EventType.TASK_FAILED,
         {
@@ -484,8 +503,15 @@ def task_failed(
             "final_attempt": final_attempt,
             "usage": None if usage is None else usage.fields(),
             **_workspace_fields(workspace_commit, None),
+            **({} if cancel is None else {"cancel": cancel.fields()}),
         },
     )
+
+
+def cancel_requested(cancel: CancelRequest) -> Event:
+    """What the `cancel` command announces once the request is recorded;
+    published with OPERATOR_NODE_ID as its node and sequence 1."""
+    return Event(EventType.CANCEL_REQUESTED, {"run_id": cancel.run_id, **cancel.fields()})
 
 
 def publishable(text: str, limit: int) -> str:

@@ -135,6 +135,10 @@ class RunRecord:
     event_type: str
     error_type: str | None
     workspace_commit: str | None
+    # The terminal event's `retryable`: false means the run ended for good,
+    # which is how `cancel` tells a finished run (client.cancel); None where
+    # the caller did not say.
+    retryable: bool | None = None
 
 
 def result_document(
@@ -151,6 +155,7 @@ def result_document(
         "duration_seconds": round(record.duration_seconds, 3),
         "exit_code": record.exit_code,
         "outcome": {"event_type": record.event_type, "error_type": record.error_type},
+        "retryable": record.retryable,
         "workspace": (
             None if record.workspace_commit is None else {"commit": record.workspace_commit}
         ),

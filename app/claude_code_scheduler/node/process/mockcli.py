@@ -123,6 +123,18 @@ def _usage(model: str) -> dict[str, object]:
     }
 
 
+def aborted_result(result: dict[str, object]) -> dict[str, object]:
+    """The result line of a run stopped by SIGINT: the usage so far, no answer."""
+    aborted = {key: value for key, value in result.items() if key != "result"}
+    aborted.update(
+        subtype="error_during_execution",
+        is_error=True,
+        terminal_reason="aborted_tools",
+        errors=["mock run interrupted"],
+    )
+    return aborted
+
+
 def _filler(size: int) -> str:
     """ASCII text of exactly `size` bytes that reads like output."""
     sentence = "Mock output line, standing in for the model's work. "
@@ -169,10 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     lines = session_lines(args.prompt, args.model, args.output_bytes, args.exit_code, structured)
     pause = args.duration / len(lines)
     out = sys.stdout.buffer
-    for line in lines:
-        time.sleep(pause)
-        out.write(line)
+    try:
+        for line in lines:
+            time.sleep(pause)
+            out.write(line)
+            out.flush()
+    except KeyboardInterrupt:
+        # As the real CLI does on SIGINT (FINDINGS.md, "Cancel"): an aborted
+        # result line, exit 0, nothing on stderr.
+        out.write(_line(aborted_result(json.loads(lines[-1]))))
         out.flush()
+        return 0
     if args.exit_code:
         sys.stderr.write(f"mock run failed with exit code {args.exit_code}\n")
     return int(args.exit_code)

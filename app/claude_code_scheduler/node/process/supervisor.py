@@ -1,5 +1,12 @@
 """One child process, watched: its own process group, its output read in
-arrival order, a deadline and a cancel event, and a kill of the whole group.
+arrival order, a deadline, a cancel event (a shutdown's) and an interrupt
+event (an operator's cancel), and a kill of the whole group.
+
+How each stops the child (`_Stopping`): the deadline and a shutdown send the
+child SIGTERM, then its group SIGKILL after kill_grace. An interrupt sends the
+group SIGINT first, as Ctrl-C would (the Claude CLI then stops its own tools),
+then SIGTERM after cancel_grace, then SIGKILL after kill_grace; a deadline or
+a shutdown that comes during the interrupt's grace cuts it short.
 
 Nothing here touches AWS or knows about the Claude CLI: the caller gives the
 argv, the environment, a recorder for the output and a tracker that reads it.
@@ -17,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -52,8 +60,9 @@ class StreamReader(Protocol):
 
 @dataclass(frozen=True)
 class ProcessResult:
-    """How the process ended. At most one of timed_out, cancelled and
-    spawn_error is set."""
+    """How the process ended. At most one of timed_out, cancelled,
+    interrupted and spawn_error is set: what stopped the process first, if
+    anything did while it still ran."""
 
     exit_code: int | None
     duration_seconds: float
@@ -62,6 +71,33 @@ class ProcessResult:
     timed_out: bool = False
     cancelled: bool = False
     spawn_error: str | None = None
+    interrupted: bool = False
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped from outside (a deadline, a shutdown, an interrupt) rather
+        than ended on its own."""
+        return self.timed_out or self.cancelled or self.interrupted
+
+
+class StopReason(StrEnum):
+    TIMED_OUT = "timed out"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass
+class _Stopping:
+    """The signals that stop a child, in order, and when each is due (see
+    the top): SIGINT to the group for an interrupt, then SIGTERM at `term_at`,
+    then SIGKILL to the group from `kill_at` on, until the child is gone."""
+
+    reason: StopReason | None = None
+    term_at: float | None = None
+    kill_at: float | None = None
+
+    def wakes(self) -> list[float]:
+        return [t for t in (self.term_at, self.kill_at) if t is not None]
 
 
 class ProcessRun:
@@ -82,10 +118,14 @@ class ProcessRun:
         identity: RunIdentity = SHARED,
         clock: Callable[[], float] = time.monotonic,
         stdin_data: bytes | None = None,
+        interrupt: threading.Event | None = None,
+        cancel_grace: float = 0.0,
     ) -> None:
         """`identity`: the uid and gid the process runs as (isolation.py).
         `stdin_data`: what the process reads on stdin (at most STDIN_LIMIT
-        bytes, held in a pipe: never on disk); None: nothing."""
+        bytes, held in a pipe: never on disk); None: nothing. `interrupt`:
+        stops the process SIGINT first, and SIGTERM `cancel_grace` seconds
+        later (see the top); None: nothing interrupts it."""
         if stdin_data is not None and len(stdin_data) > STDIN_LIMIT:
             raise ValueError(f"stdin_data is limited to {STDIN_LIMIT} bytes")
         self._argv = argv
@@ -95,6 +135,9 @@ class ProcessRun:
         self._timeout = timeout
         self._kill_grace = kill_grace
         self._cancel = cancel
+        self._interrupt = interrupt or threading.Event()
+        self._cancel_grace = cancel_grace
+        self._stopping = _Stopping()
         self._run_marker = run_marker
         self._identity = identity
         self._clock = clock
@@ -148,7 +191,7 @@ class ProcessRun:
             self._start_reader("stdout", process.stdout.fileno()),
             self._start_reader("stderr", process.stderr.fileno()),
         ]
-        timed_out, cancelled = self._pump(process, started, open_streams=2)
+        reason = self._pump(process, started, open_streams=2)
         if self._stdout_reader is not None:
             self._stdout_reader.finish()
         self._recorder.finish(self._clock())
@@ -161,8 +204,9 @@ class ProcessRun:
             duration_seconds=self._clock() - started,
             output_bytes=self._recorder.bytes_written,
             stderr_tail=self._stderr_tail,
-            timed_out=timed_out,
-            cancelled=cancelled,
+            timed_out=reason is StopReason.TIMED_OUT,
+            cancelled=reason is StopReason.CANCELLED,
+            interrupted=reason is StopReason.INTERRUPTED,
         )
 
     def _start_reader(self, stream: str, pipe_fd: int) -> threading.Thread:
@@ -187,22 +231,14 @@ class ProcessRun:
 
     def _pump(
         self, process: subprocess.Popen[bytes], started: float, open_streams: int
-    ) -> tuple[bool, bool]:
+    ) -> StopReason | None:
         deadline = started + self._timeout
-        timed_out = cancelled = False
-        kill_at: float | None = None
         drain_until: float | None = None
         # Until the output has ended and the CLI has exited: a CLI that closes
         # its pipes and goes on running is still held to its deadline.
         while open_streams or process.poll() is None:
             now = self._clock()
-            if kill_at is None and (now >= deadline or self._cancel.is_set()):
-                timed_out = now >= deadline
-                cancelled = not timed_out
-                kill_at = now + self._kill_grace
-                self._signal(process, signal.SIGTERM, group=False)
-            if kill_at is not None and now >= kill_at and process.poll() is None:
-                self._signal(process, signal.SIGKILL, group=True)
+            self._stop_if_asked(process, now, deadline)
             if drain_until is None and process.poll() is not None:
                 # The CLI is gone: whatever is left of the run has no business running.
                 self._kill_leftovers(process)
@@ -210,7 +246,7 @@ class ProcessRun:
             if drain_until is not None and now >= drain_until:
                 log.warning("a process outside the run's group holds its output open; moving on")
                 break
-            wait = self._next_wait(now, deadline, kill_at)
+            wait = self._next_wait(now, deadline)
             if open_streams:
                 closed, handing_on = self._take_output(wait)
                 open_streams -= closed
@@ -224,7 +260,33 @@ class ProcessRun:
         if drain_until is None:
             # The CLI exited just after the loop last looked: its leftovers are still there.
             self._kill_leftovers(process)
-        return timed_out, cancelled
+        return self._stopping.reason
+
+    def _stop_if_asked(self, process: subprocess.Popen[bytes], now: float, deadline: float) -> None:
+        """The stop sequence at the top, one step at a time as each is due."""
+        stopping = self._stopping
+        hard_stop = now >= deadline or self._cancel.is_set()
+        if stopping.reason is None:
+            if hard_stop:
+                stopping.reason = StopReason.TIMED_OUT if now >= deadline else StopReason.CANCELLED
+                stopping.term_at = now
+            elif self._interrupt.is_set() and process.poll() is None:
+                # Only a child still running is interrupted: one that ended on
+                # its own as the interrupt came ends as it ended.
+                stopping.reason = StopReason.INTERRUPTED
+                stopping.term_at = now + self._cancel_grace
+                self._signal(process, signal.SIGINT, group=True)
+        elif hard_stop and stopping.kill_at is None:
+            # A deadline or a shutdown does not wait out an interrupt's grace.
+            stopping.term_at = now
+        if stopping.term_at is not None and stopping.kill_at is None and now >= stopping.term_at:
+            stopping.kill_at = now + self._kill_grace
+            # An interrupted run's tools may have stayed on after the CLI's
+            # SIGINT: the whole group is asked to stop, then killed.
+            interrupted = stopping.reason is StopReason.INTERRUPTED
+            self._signal(process, signal.SIGTERM, group=interrupted)
+        if stopping.kill_at is not None and now >= stopping.kill_at and process.poll() is None:
+            self._signal(process, signal.SIGKILL, group=True)
 
     def _kill_leftovers(self, process: subprocess.Popen[bytes]) -> None:
         """The CLI's group, and the tool processes that left it (see reaper)."""
@@ -239,10 +301,8 @@ class ProcessRun:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout)
 
-    def _next_wait(self, now: float, deadline: float, kill_at: float | None) -> float:
-        wakes = [deadline, now + 0.2]
-        if kill_at is not None:
-            wakes.append(kill_at)
+    def _next_wait(self, now: float, deadline: float) -> float:
+        wakes = [deadline, now + 0.2, *self._stopping.wakes()]
         return max(0.0, min(wakes) - now)
 
     def _take_output(self, wait: float) -> tuple[int, float]:
