@@ -252,8 +252,9 @@ def log_problems(history: History, stack: Stack, run_ids: Iterable[str]) -> list
 
 
 def bucket_problems(stack: Stack, allowed_run_ids: Iterable[str]) -> list[str]:
-    """Nothing in the bucket but logs/<run_id>.log and runs/<run_id>/... (the
-    run's artifacts) of runs that started, and no upload left unfinished."""
+    """Nothing in the bucket but logs/<run_id>.log, runs/<run_id>/... (the
+    run's artifacts) and records/.../<run_id>-<attempt>.json of runs that
+    started, and no upload left unfinished."""
     started = set(allowed_run_ids)
     problems = []
     for page in stack.s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket):
@@ -266,8 +267,15 @@ def bucket_problems(stack: Stack, allowed_run_ids: Iterable[str]) -> list[str]:
             elif key.startswith("runs/"):
                 if key.split("/")[1] not in started:
                     problems.append(f"s3://{stack.bucket}/{key} belongs to no run that started")
+            elif key.startswith("records/"):
+                # records/date=YYYY-MM-DD/<run_id>-<attempt>.json (aws.records)
+                run_id = key.split("/")[-1].rsplit("-", 1)[0]
+                if len(key.split("/")) != 3 or run_id not in started:
+                    problems.append(
+                        f"s3://{stack.bucket}/{key} is the record of no run that started"
+                    )
             else:
-                problems.append(f"s3://{stack.bucket}/{key} is outside logs/ and runs/")
+                problems.append(f"s3://{stack.bucket}/{key} is outside logs/, runs/ and records/")
     uploads = stack.s3.list_multipart_uploads(Bucket=stack.bucket).get("Uploads", [])
     problems += [f"unfinished multipart upload of {u['Key']}" for u in uploads]
     return problems

@@ -44,6 +44,8 @@ SPECIAL_CALLS = {
     # Managed transfer: GetObject, ranged for a large object.
     ("s3", "download_fileobj"): {"s3:GetObject"},
     ("s3", "download_file"): {"s3:GetObject"},
+    # ListObjectsV2 is governed by s3:ListBucket, on the bucket (`runs`).
+    ("s3", "list_objects_v2"): {"s3:ListBucket"},
 }
 # Receivers whose methods share a name with an operation but are the
 # package's own adapters, each of which makes its calls through a client the
@@ -328,6 +330,34 @@ def test_cancel_requests_are_written_by_the_operator_read_by_the_node_and_expire
     rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
     assert rules["ExpireCancelRequests"]["Prefix"] == "cancels/"
     assert rules["ExpireCancelRequests"]["ExpirationInDays"] == 30
+
+
+def test_run_records_are_written_by_the_node_and_listed_by_the_operator_under_records(
+    messaging: dict[str, Any],
+) -> None:
+    """The operator may list the bucket only under records/ (not the logs,
+    runs and cancels beside them) and read records; the node only writes them."""
+    (bucket,) = support.resources(messaging, "AWS::S3::Bucket").values()
+    name = placeholders(support.resolve(bucket["BucketName"], messaging))
+    operator = {s["Sid"]: s for s in support.read_json(support.OPERATOR_POLICY)["Statement"]}
+    node = {s["Sid"]: s for s in support.read_json(support.NODE_POLICY)["Statement"]}
+    assert operator["ListRunRecords"] == {
+        "Sid": "ListRunRecords",
+        "Effect": "Allow",
+        "Action": "s3:ListBucket",
+        "Resource": f"arn:${{Partition}}:s3:::{name}",
+        "Condition": {"StringLike": {"s3:prefix": "records/*"}},
+    }
+    assert operator["ReadRunRecords"]["Action"] == "s3:GetObject"
+    assert operator["ReadRunRecords"]["Resource"] == f"arn:${{Partition}}:s3:::{name}/records/*"
+    assert node["StoreRunRecords"]["Action"] == "s3:PutObject"
+    assert node["StoreRunRecords"]["Resource"] == f"arn:${{Partition}}:s3:::{name}/records/*"
+    listing = [
+        s
+        for s in support.read_json(support.OPERATOR_POLICY)["Statement"]
+        if "s3:ListBucket" in support.as_list(s["Action"])
+    ]
+    assert listing == [operator["ListRunRecords"]], "no listing of the bucket without the prefix"
 
 
 def test_operator_reader_queues_are_limited_to_the_client_prefix() -> None:

@@ -68,6 +68,7 @@ class FakeRun:
         objects: Any = None,
         retries: Any = None,
         cancels: Any = None,
+        sent_at: float | None = None,
     ) -> None:
         self.command = command
         self.identity = identity

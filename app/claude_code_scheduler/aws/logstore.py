@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from boto3.s3.transfer import TransferConfig
 
+from claude_code_scheduler.node.metrics import METRICS
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -60,6 +62,13 @@ class LogStore:
 
     def upload(self, path: Path, key: str) -> None:
         """Streams from disk, multipart when large; the content type comes from the key."""
+        try:
+            self._upload(path, key)
+        except Exception as exc:
+            METRICS.upload_failed(exc)
+            raise
+
+    def _upload(self, path: Path, key: str) -> None:
         kind = content_type(key)
         if path.stat().st_size < MULTIPART_THRESHOLD:
             with path.open("rb") as body:

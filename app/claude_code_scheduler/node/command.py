@@ -33,6 +33,7 @@ from claude_code_scheduler.node.config import (
     default_work_dir,
 )
 from claude_code_scheduler.node.main import run_node
+from claude_code_scheduler.node.metrics import METRICS
 from claude_code_scheduler.protocol.events import EcsTask
 
 log = logging.getLogger("claude_code_scheduler")
@@ -219,6 +220,22 @@ REQUIRED = {
     show_default=True,
     help="task.secrets may name only secrets and parameters under this prefix.",
 )
+@click.option(
+    "--http-port",
+    envvar="CLAUDE_NODE_HTTP_PORT",
+    type=int,
+    default=None,
+    help="Serve /metrics (Prometheus), /healthz and /readyz on this port; 0 takes any "
+    "free port. Default: no HTTP port.",
+)
+@click.option(
+    "--http-host",
+    envvar="CLAUDE_NODE_HTTP_HOST",
+    default=default("http_host"),
+    show_default=True,
+    help="Address the HTTP port listens on; 0.0.0.0 (or ::) for every interface. "
+    "Nothing on it asks for credentials.",
+)
 @work_dir_option
 @state_file_option
 @click.option(
@@ -262,7 +279,10 @@ def node(ctx: click.Context, /, **options: Any) -> None:
     if ctx.get_parameter_source("endpoint_url") is ParameterSource.ENVIRONMENT:
         options["endpoint_url"] = None
     ecs_task = ecs.task_metadata(os.environ)
-    ctx.exit(run_node(build_config(options, ecs_task), ecs_task))
+    config = build_config(options, ecs_task)
+    # CloudWatch's metrics, one line per run end, beside the log (node.metrics).
+    METRICS.start_emf(sys.stderr, node_id=config.node_id, queue=config.queue.name)
+    ctx.exit(run_node(config, ecs_task))
 
 
 def build_config(options: dict[str, Any], ecs_task: EcsTask | None) -> NodeConfig:
@@ -304,6 +324,8 @@ def build_config(options: dict[str, Any], ecs_task: EcsTask | None) -> NodeConfi
         secrets_prefix=options["secrets_prefix"],
         retry_delay=options["retry_delay"],
         retry_max_attempts=options["retry_max_attempts"],
+        http_port=options["http_port"],
+        http_host=options["http_host"],
     )
 
 

@@ -25,6 +25,7 @@ STATE_FILE_NAME = "node-state.json"
 # "nobody" ids at the top of the 16-bit range that tools still assume.
 MIN_RUN_UID = 1000
 MAX_RUN_UID = 65533
+MAX_PORT = 65535
 
 
 def default_work_dir() -> Path:
@@ -86,6 +87,11 @@ class NodeConfig:
     # when it does not set task.retry.max_attempts.
     retry_delay: float = 30.0
     retry_max_attempts: int = 3
+    # The HTTP port for /metrics, /healthz and /readyz (node.http); None: off.
+    # Loopback unless http_host says otherwise: nothing on it asks for
+    # credentials, so who may reach it is the network's decision.
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.state_file is None:
@@ -127,6 +133,11 @@ class NodeConfig:
                 "(the longest backoff; SQS hides a message for 12 hours at most)",
             ),
             (self.retry_max_attempts >= 1, "--retry-max-attempts: must be at least 1"),
+            (
+                self.http_port is None or 0 <= self.http_port <= MAX_PORT,
+                f"--http-port: must be from 0 to {MAX_PORT} (0: any free port)",
+            ),
+            (bool(self.http_host.strip()), "--http-host: must not be empty"),
         ]
         for ok, message in checks:
             if not ok:

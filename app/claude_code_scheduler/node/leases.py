@@ -41,6 +41,7 @@ from claude_code_scheduler.aws.clients import LEASE_CALLS
 from claude_code_scheduler.aws.errors import error_code, is_transient
 from claude_code_scheduler.aws.queue import MessageQueue, ReceivedMessage
 from claude_code_scheduler.aws.retry import full_jitter
+from claude_code_scheduler.node.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,8 @@ class LeaseKeeper:
 
     def release(self, message_ids: Iterable[str], *, after: int = 0) -> None:
         """Visible again for any node: at once, or `after` seconds from now."""
-        self._enqueue(message_ids, Write.RELEASE, 0.0, visibility=after)
+        released = self._enqueue(message_ids, Write.RELEASE, 0.0, visibility=after)
+        METRICS.handed_back(released, delayed=after > 0)
 
     def holding(self) -> set[str]:
         """Message ids held or with a write pending."""
@@ -257,8 +259,10 @@ class LeaseKeeper:
 
     def _enqueue(
         self, message_ids: Iterable[str], write: Write, retry_for: float, *, visibility: int = 0
-    ) -> None:
+    ) -> int:
+        """Returns how many of the messages are held, and so get the write."""
         now = self._clock()
+        enqueued = 0
         with self._lock:
             for message_id in message_ids:
                 held = self._held.get(message_id)
@@ -268,7 +272,9 @@ class LeaseKeeper:
                 # one must, until the delete goes through.
                 held.renewing = write is Write.DELETE
                 self._pending[message_id] = _Pending(write, now + retry_for, visibility)
+                enqueued += 1
         self._wake.set()
+        return enqueued
 
     def _make(self, calls: _Calls) -> None:
         try:

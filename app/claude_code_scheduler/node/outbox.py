@@ -40,6 +40,7 @@ from claude_code_scheduler.aws.topic import (
     Publisher,
     message_size,
 )
+from claude_code_scheduler.node.metrics import METRICS
 from claude_code_scheduler.protocol.events import TERMINAL_EVENT_TYPES, Event, encode_event
 
 log = logging.getLogger(__name__)
@@ -142,13 +143,21 @@ class Outbox:
         self._queue: deque[_Pending] = deque()
         self._sequence = 0
         self._pending_output = 0
+        # Events queued or being sent, not yet settled: the outbox's depth.
+        self._unsettled = 0
         self._closed = False
         self._deadline: float | None = None
         self._give_up = threading.Event()
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
 
     def start(self) -> None:
+        METRICS.watch_outbox(self.depth)
         self._thread.start()
+
+    def depth(self) -> int:
+        """Events the bus has not taken yet (nor has the outbox given up on)."""
+        with self._cond:
+            return self._unsettled
 
     def publish(
         self,
@@ -189,6 +198,7 @@ class Outbox:
             )
             if backpressure:
                 self._pending_output += item.size
+            self._unsettled += 1
             self._queue.append(item)
             self._cond.notify_all()
         return delivery
@@ -245,6 +255,7 @@ class Outbox:
         )
         try:
             for attempt in retrying:
+                METRICS.publish_attempt(attempt.retry_state.attempt_number)
                 with attempt:
                     results = self._bus.publish_batch(
                         [
@@ -297,6 +308,7 @@ class Outbox:
         with self._cond:
             if item.is_output:
                 self._pending_output -= item.size
+            self._unsettled -= 1
             self._cond.notify_all()
         item.delivery.settle(error is None, error)
 

@@ -43,6 +43,7 @@ from claude_code_scheduler.node.artifacts.collect import (
 from claude_code_scheduler.node.artifacts.staging import Staging
 from claude_code_scheduler.node.config import NodeConfig, log_key
 from claude_code_scheduler.node.messages import Ending
+from claude_code_scheduler.node.metrics import METRICS
 from claude_code_scheduler.node.outbox import Delivery, EventSink
 from claude_code_scheduler.node.outcome import (
     RunEnd,
@@ -62,6 +63,7 @@ from claude_code_scheduler.node.process.claude import (
 from claude_code_scheduler.node.process.environment import RunDirs, child_environment
 from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity, remove_files_of
 from claude_code_scheduler.node.process.supervisor import ProcessResult, ProcessRun
+from claude_code_scheduler.node.records import run_record, store_record
 from claude_code_scheduler.node.retries import RetryPolicy
 from claude_code_scheduler.node.secrets import SecretError, SecretResolver
 from claude_code_scheduler.node.sessions import SessionError, SessionRestorer
@@ -151,12 +153,14 @@ class TaskRun:
         clock: Callable[[], float] = time.monotonic,
         artifact_limits: ArtifactLimits = DEFAULT_LIMITS,
         cancels: CancelLookup | None = None,
+        sent_at: float | None = None,
     ) -> None:
         """`identity`: the run slot's uid and gid, which the run's processes
         and folders get (isolation.py). `secret_source` reads task.secrets
         (None: a task that names any fails with SecretError). `cancels`:
         where the run's cancel request is looked up before it starts (None:
-        not looked up)."""
+        not looked up). `sent_at`: when SQS took the command's message
+        (aws.queue.ReceivedMessage.sent_at), for the run record's queue wait."""
         self._config = config
         self._command = command
         self._attempt = attempt
@@ -179,6 +183,7 @@ class TaskRun:
         self._timeout = command.task.timeout_seconds or config.task_timeout
         self._deadline = float("inf")
         self._started_at = time.time()
+        self._sent_at = sent_at
         # What the run made, staged redacted between the CLI's end and the
         # terminal event (node.artifacts).
         self._artifact_limits = artifact_limits
@@ -218,6 +223,7 @@ class TaskRun:
                 started_at=self._started_at,
             )
         )
+        METRICS.run_started()
         self._deadline = self._clock() + self._timeout
         # The node's credentials as they are now: a rotated set is redacted too.
         logsetup.SECRETS.refresh_credentials()
@@ -518,9 +524,31 @@ class TaskRun:
                 "duration_seconds": round(process.duration_seconds, 3),
             },
         )
+        # Before the event, as the log: whoever sees the event finds the record.
+        self._store_record(outcome)
         delivery = self._outbox.publish(outcome.event)
         self._messages.run_ended(self.run_id, outcome.ending, delivery)
         delivery.wait()
+
+    def _store_record(self, outcome: RunOutcome) -> None:
+        """The run's record (node.records), whatever its end."""
+        ended_at = time.time()
+        record = run_record(
+            outcome.event,
+            command=self._command,
+            node_id=self._config.node_id,
+            attempt=self._attempt,
+            started_at=self._started_at,
+            ended_at=ended_at,
+            sent_at=self._sent_at,
+        )
+        store_record(
+            self._logs,
+            self._config.work_dir / ".logs",
+            record,
+            ended_at=ended_at,
+            give_up=self._control.give_up,
+        )
 
     def _upload(self, spool: Path) -> bool:
         try:

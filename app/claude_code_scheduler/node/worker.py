@@ -8,11 +8,12 @@ Threads and what each owns:
 - heartbeat: NodeHeartbeat every interval, during runs too;
 - cancels: looks up an operator's cancel for each running run (node.cancels);
 - outbox: the one SNS publisher, in order, through outages;
+- http (with --http-port): /metrics, /healthz and /readyz (node.http);
 - one thread per run: the child process, its log and its terminal event.
 
 Shutdown order (SIGTERM or SIGINT):
 1. stop receiving: the poller issues no new receive; what the poll in flight
-   brings back is released at once;
+   brings back is released at once; /readyz answers 503 from here on;
 2. idle: go straight to 4;
 3. busy: let runs finish for up to `shutdown_timeout` (a second signal skips
    this; a cancel still stops a run meanwhile); then terminate what is left,
@@ -23,7 +24,10 @@ Shutdown order (SIGTERM or SIGINT):
    published after this, and what it gave up on counts as not delivered, so
    its message goes back);
 5. wait for the poll in flight to return; release whatever run is still
-   held; give the lease keeper a few seconds for its last writes; exit 0.
+   held; give the lease keeper a few seconds for its last writes;
+6. stop the HTTP server (within half a second: node.http), last, so that
+   /readyz says "draining" (and /healthz, from step 4, "deregistered") for
+   as long as there is a node to ask; exit 0.
 
 Every step waits on one timeline that starts at the first signal (see
 node.shutdown), so the node exits within `shutdown_timeout + kill_grace +
@@ -51,8 +55,10 @@ from claude_code_scheduler.errors import ConfigError
 from claude_code_scheduler.node import health
 from claude_code_scheduler.node.cancels import CANCEL_POLL_SECONDS, CancelWatcher
 from claude_code_scheduler.node.config import NodeConfig
+from claude_code_scheduler.node.http import StatusServer
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Admission, CommandVerifier, MessageLifecycle
+from claude_code_scheduler.node.metrics import METRICS, queue_wait
 from claude_code_scheduler.node.outbox import EventSink
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.isolation import IsolationPolicy
@@ -155,6 +161,19 @@ class Node:
         self._force = threading.Event()
         self._stop_reason = "stopped"
         self._stopped_at: float | None = None
+        # The bus took NodeRegistered: what /readyz waits for.
+        self._registered = threading.Event()
+        self._http = (
+            None
+            if config.http_port is None
+            else StatusServer(
+                config.http_host,
+                config.http_port,
+                METRICS.registry,
+                health=lambda: health.check(config.state_path),
+                ready=self.readiness,
+            )
+        )
         self._lock = threading.Condition()
         self._active: dict[str, _ActiveRun] = {}
         self._poller = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
@@ -183,6 +202,9 @@ class Node:
     # --- main ---------------------------------------------------------------
 
     def run(self) -> int:
+        if self._http is not None:
+            self._http.start()
+        METRICS.watch_slots(self._run_count, self._config.max_concurrent_tasks)
         self._outbox.start()
         registered = self._outbox.publish(self._registration, caller_reports_drop=True)
         if not registered.wait(REGISTRATION_SECONDS):
@@ -193,6 +215,7 @@ class Node:
                 f"--topic-arn: could not publish NodeRegistered: {registered.error or 'timed out'}"
             )
         log.info("node registered", extra={"node_id": self._config.node_id})
+        self._registered.set()
         self._write_state("idle")
         self._leases.start()
         self._heartbeat.start()
@@ -233,6 +256,8 @@ class Node:
             log.warning("the receive in flight did not return; what it brings reappears later")
         self._messages.close()
         self._leases.stop(min(self._clock() + FINAL_WRITES_SECONDS, budget.exit_by))
+        if self._http is not None:
+            self._http.stop()
         return 0
 
     def _drain(self, budget: ShutdownBudget) -> None:
@@ -292,16 +317,19 @@ class Node:
         """One received message: the lifecycle decides, the node starts the run."""
         with self._lock:
             has_slot = self._free_slots() > 0
+        METRICS.message_received(message.receive_count)
         received = self._messages.receive(message, stopping=self._stop.is_set(), has_slot=has_slot)
         if received.admission is Admission.INVALID:
+            METRICS.command_refused(received.run_id)
             with self._lock:
                 self._stats.failed += 1
         elif received.command is not None:
             try:
-                self._start_run(received.command, message.receive_count)
+                self._start_run(received.command, message.receive_count, message.sent_at)
             except Exception as exc:
                 log.exception("could not start a run", extra={"run_id": received.run_id})
                 self._messages.run_crashed(received.command.run_id, describe_error(exc))
+                METRICS.run_crashed(received.command.run_id, queue_wait(message.sent_at))
                 with self._lock:
                     self._stats.failed += 1
 
@@ -313,7 +341,7 @@ class Node:
         taken = {active.slot for active in self._active.values()}
         return min(set(range(self._config.max_concurrent_tasks)) - taken)
 
-    def _start_run(self, command: RunTask, attempt: int) -> None:
+    def _start_run(self, command: RunTask, attempt: int, sent_at: float | None = None) -> None:
         control = RunControl()
         with self._lock:  # only the poller starts runs: the slot stays free until taken below
             slot = self._free_slot()
@@ -331,9 +359,15 @@ class Node:
             retries=self._retries,
             clock=self._clock,
             cancels=self._cancels,
+            sent_at=sent_at,
         )
+        waited = queue_wait(sent_at)
+        METRICS.run_queued(waited)
         thread = threading.Thread(
-            target=self._run_thread, args=(run,), name=f"run-{command.run_id}", daemon=True
+            target=self._run_thread,
+            args=(run, waited),
+            name=f"run-{command.run_id}",
+            daemon=True,
         )
         timeout = command.task.timeout_seconds or self._config.task_timeout
         with self._lock:
@@ -348,8 +382,11 @@ class Node:
             raise
 
     def _busy(self) -> bool:
+        return self._run_count() > 0
+
+    def _run_count(self) -> int:
         with self._lock:
-            return bool(self._active)
+            return len(self._active)
 
     def _running_controls(self) -> dict[str, RunControl]:
         with self._lock:
@@ -359,7 +396,8 @@ class Node:
         with self._lock:
             return [active.deadline for active in self._active.values()]
 
-    def _run_thread(self, run: TaskRun) -> None:
+    def _run_thread(self, run: TaskRun, waited: float | None = None) -> None:
+        """`waited`: the run's queue wait (node.metrics.queue_wait)."""
         completed = False
         cost_usd = 0.0
         self._protection.sync(self._run_deadlines)
@@ -369,6 +407,9 @@ class Node:
         except Exception as exc:
             log.exception("run crashed", extra={"run_id": run.run_id})
             self._messages.run_crashed(run.run_id, describe_error(exc))
+            METRICS.run_crashed(run.run_id, waited)
+        else:
+            METRICS.run_ended(outcome.event, waited)
         finally:
             with self._lock:
                 self._active.pop(run.run_id, None)
@@ -383,6 +424,14 @@ class Node:
                 # that shed the run's marker.
                 reaper.kill_orphans()
             self._protection.sync(self._run_deadlines)
+
+    def readiness(self) -> health.Health:
+        """/readyz: registered and not draining."""
+        if self._stop.is_set():
+            return health.Health(False, f"draining ({self._stop_reason})")
+        if not self._registered.is_set():
+            return health.Health(False, "not registered yet")
+        return health.Health(True, f"registered; {self._run_count()} run(s)")
 
     # --- heartbeats -------------------------------------------------------------
 
