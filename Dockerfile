@@ -12,37 +12,46 @@
 # --build-arg CLAUDE_CODE_VERSION=<version> overrides it, to try another one.
 ARG CLAUDE_CODE_VERSION=
 
+# Base images are pinned by the digest of their multi-platform index (one
+# digest for amd64 and arm64), with the tag it was taken from beside it:
+# a tag moves, a digest does not. Dependabot (.github/dependabot.yml) proposes
+# new digests together with the tag.
+
 # ---- wheel -------------------------------------------------------------------
 # The package is pure Python, so it is built once on the build machine's own
 # platform and the same wheel serves every target platform.
-FROM --platform=$BUILDPLATFORM python:3.13-slim-trixie AS wheel
+# python:3.13.15-slim-trixie
+FROM --platform=$BUILDPLATFORM python:3.13-slim-trixie@sha256:9d2e5553305c7c7b0097999bb17187c69b921ccd6bc9d40e4bb5ebe652c00285 AS wheel
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app/ app/
-# requirements.txt lists only the runtime dependencies, so the runtime stage can
-# install them in a layer of their own that outlives changes to the code.
-RUN pip wheel --no-deps --wheel-dir /dist/app . \
- && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /dist/requirements.txt
+RUN pip wheel --no-deps --wheel-dir /dist/app .
 
 # ---- claude-code -------------------------------------------------------------
 # Node.js is needed only to install the CLI. The package's postinstall links
 # the native binary for this platform (glibc x64 or arm64, from an optional
 # dependency) over bin/claude.exe, and that one file is all the runtime needs.
 # No --ignore-scripts or --omit=optional: either leaves the small JS stub there.
-FROM node:22-bookworm-slim AS claude-code
+# node:22.23.3-bookworm-slim
+FROM node:22-bookworm-slim@sha256:43ac6c60b8f89723f746e8a92ce91abd5017e627ce1ddfe4238355d3a30b772c AS claude-code
 ARG CLAUDE_CODE_VERSION
+# Set by BuildKit. A digest of one platform's image instead of the index would
+# give an arm64 build an amd64 base (run under QEMU) and so the wrong native
+# binary, with only a warning: the dpkg check makes that an error.
+ARG TARGETARCH
 WORKDIR /opt/claude-code
 COPY claude-code.version ./
-RUN version="${CLAUDE_CODE_VERSION:-$(tr -d '[:space:]' < claude-code.version)}" \
+RUN test "$(dpkg --print-architecture)" = "$TARGETARCH" \
+ && version="${CLAUDE_CODE_VERSION:-$(tr -d '[:space:]' < claude-code.version)}" \
  && npm install --no-audit --no-fund --loglevel=error "@anthropic-ai/claude-code@${version}" \
  && test "$(stat -c %s node_modules/@anthropic-ai/claude-code/bin/claude.exe)" -gt 1000000
 
 # ---- runtime -----------------------------------------------------------------
-FROM python:3.13-slim-trixie AS runtime
+# python:3.13.15-slim-trixie, the same image as the wheel stage's
+FROM python:3.13-slim-trixie@sha256:9d2e5553305c7c7b0097999bb17187c69b921ccd6bc9d40e4bb5ebe652c00285 AS runtime
 # The release workflow adds the label claude-code.version; `claude --version`
 # in the image says it too.
 LABEL org.opencontainers.image.title="claude-code-scheduler" \
@@ -76,8 +85,11 @@ ENV PYTHONUNBUFFERED=1 \
 # only the newest build of a package and binNMU suffixes differ between amd64
 # and arm64, so an exact pin breaks the build; the base image tag fixes the
 # release (trixie) and so the package line.
+# The base image's architecture is the target's (see the claude-code stage).
+ARG TARGETARCH
 # hadolint ignore=DL3008
-RUN apt-get update \
+RUN test "$(dpkg --print-architecture)" = "$TARGETARCH" \
+ && apt-get update \
  && apt-get install -y --no-install-recommends tini bubblewrap socat \
         git git-lfs openssh-client ca-certificates \
  && rm -rf /var/lib/apt/lists/*
@@ -97,11 +109,20 @@ RUN for slot in $(seq 0 31); do \
 COPY --from=claude-code /opt/claude-code/node_modules/@anthropic-ai/claude-code/bin/claude.exe \
      /usr/local/bin/claude
 
-# Dependencies first, in their own layer; then the application.
-RUN --mount=type=bind,from=wheel,source=/dist/requirements.txt,target=/tmp/requirements.txt \
-    pip install --requirement /tmp/requirements.txt
+# Dependencies first, in their own layer that outlives changes to the code;
+# then the application. requirements/runtime.txt pins every runtime dependency,
+# transitive ones too, with the sha256 of each of its files on PyPI (uv pip
+# compile, docs/development.md): --require-hashes refuses anything else, so a
+# file replaced on the index or a dependency nobody locked (pip still resolves
+# the dependencies, and each must be in the file) breaks the build instead of
+# entering the image. --only-binary: the slim image has no compiler, and a
+# wheel runs no code at install time. `pip check` then proves the locked set
+# satisfies what the wheel's metadata (pyproject.toml) asks for.
+RUN --mount=type=bind,source=requirements/runtime.txt,target=/tmp/runtime.txt \
+    pip install --require-hashes --only-binary=:all: --requirement /tmp/runtime.txt
 RUN --mount=type=bind,from=wheel,source=/dist/app,target=/tmp/app \
-    pip install --no-deps /tmp/app/*.whl
+    pip install --no-deps /tmp/app/*.whl \
+ && pip check
 
 # The node runs as root inside the container, with the default capabilities
 # (no CAP_SYS_PTRACE): the right to change uid is what lets it start each run

@@ -26,7 +26,7 @@ Environment:
                             instance (default <repo>/.cache/localstack-run/default);
                             give each concurrent instance its own
   LOCALSTACK_PORT           the port to listen on, on 127.0.0.1 (default: a free one)
-  LOCALSTACK_SERVICES       default sqs,sns,s3,cloudformation,iam,sts
+  LOCALSTACK_SERVICES       default sqs,sns,s3,cloudformation,iam,sts,kms,cloudwatch
   LOCALSTACK_GATEWAY_SERVER twisted (LocalStack's default) or hypercorn
   LOCALSTACK_START_TIMEOUT  seconds to wait for health (default 90)
   LOCALSTACK_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default 20)
@@ -90,7 +90,9 @@ REQUIREMENTS = (
     "service_identity",
     "joserfc<1.0",
 )
-DEFAULT_SERVICES = "sqs,sns,s3,cloudformation,iam,sts"
+# kms: messaging.yaml encrypts its topics with a key of its own.
+# cloudwatch: alarms.yaml (tests/localstack/test_alarms_stack.py).
+DEFAULT_SERVICES = "sqs,sns,s3,cloudformation,iam,sts,kms,cloudwatch"
 # What `start` waits for; iam and sts answer as soon as the gateway does.
 HEALTH_SERVICES = ("sqs", "sns", "s3", "cloudformation")
 REPO = Path(__file__).resolve().parents[1]
@@ -495,9 +497,9 @@ def runtime_environment(settings: Settings, port: int) -> dict[str, str]:
     Not needed: SKIP_INFRA_DOWNLOADS (deprecated since 1.3, only for OpenSearch; it
     prints a warning) and an auth token (4.14.0 is the last release without one).
 
-    With SERVICES limited to the default six nothing is downloaded on demand and
-    no helper process is started (sqs, sns, s3, cloudformation, iam and sts run in
-    process); services load lazily, so the first call to each takes 1-3 s.
+    With SERVICES limited to the defaults nothing is downloaded on demand and
+    no helper process is started (sqs, sns, s3, cloudformation, iam, sts, kms
+    and cloudwatch run in process); services load lazily, so the first call to each takes 1-3 s.
     Queue URLs come back as http://sqs.<region>.localhost.localstack.cloud:<port>/
     000000000000/<name> (LOCALSTACK_HOST's default, as in the container); clients
     must send their requests to the endpoint URL, not to that host.

@@ -46,10 +46,14 @@ def test_every_image_tag_is_pinned(services: dict[str, dict[str, Any]]) -> None:
         if image is None:
             assert "build" in service, f"{name} has neither an image nor a build"
             continue
-        repository, _, tag = image.rpartition(":")
+        reference = image.partition("@")[0]
+        repository, _, tag = reference.rpartition(":")
         assert repository and "/" not in tag, f"{name}: image {image} has no tag"
         assert tag != "latest", f"{name}: image {image} is not pinned"
-    assert services["localstack"]["image"] == "localstack/localstack:4.14.0"
+    localstack = services["localstack"]["image"]
+    assert localstack.startswith("localstack/localstack:4.14.0@sha256:")
+    # The same build CI's service container runs.
+    assert localstack.split("@")[1] in (support.REPO / ".github/workflows/ci.yml").read_text()
 
 
 def test_localstack_runs_the_init_script_with_the_bus_services(

@@ -63,10 +63,45 @@ def test_workflows_build_with_the_pin_file_and_label_its_version() -> None:
 def test_multi_stage_with_a_slim_python_313_runtime(instructions: list[Instruction]) -> None:
     froms = [i.arguments for i in instructions if i.keyword == "FROM"]
     assert len(froms) >= 3
-    runtime_image = froms[-1].split()[0]
+    runtime_image = froms[-1].split()[0].split("@")[0]
     assert re.fullmatch(r"python:3\.13(\.\d+)?-slim(-\w+)?", runtime_image), runtime_image
     assert any(f.split()[-1] == "wheel" for f in froms)
     assert any(re.match(r"node:\d+", f) for f in froms)
+
+
+def test_base_images_are_pinned_by_digest_with_the_tag_beside_it() -> None:
+    """Each FROM names an image by tag and index digest, and the comment line
+    above it gives the full version the digest was taken for."""
+    lines = support.DOCKERFILE.read_text().splitlines()
+    froms = [(n, line) for n, line in enumerate(lines) if line.startswith("FROM ")]
+    assert len(froms) >= 3
+    for number, line in froms:
+        image = next(w for w in line.split()[1:] if not w.startswith("--"))
+        name_and_tag, _, digest = image.partition("@")
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"line {number + 1}: {image}"
+        name, tag = name_and_tag.split(":")
+        comment = lines[number - 1]
+        assert re.fullmatch(rf"# {re.escape(name)}:[\w.-]+\b.*", comment), (number + 1, comment)
+        # The same variant, at a full version within the tag's: 3.13.15-slim-trixie
+        # for 3.13-slim-trixie.
+        full_version, _, variant = comment.split()[1].rstrip(",").split(":")[1].partition("-")
+        version, _, tag_variant = tag.partition("-")
+        assert variant == tag_variant and f"{full_version}.".startswith(f"{version}."), comment
+
+
+def test_stages_built_per_platform_check_their_base_images_architecture(
+    instructions: list[Instruction],
+) -> None:
+    """A digest of one platform's image would build arm64 on amd64 with only
+    a warning; each stage that is built per target platform fails instead."""
+    froms = {i.stage: i.arguments for i in instructions if i.keyword == "FROM"}
+    per_platform = [stage for stage, args in froms.items() if "$BUILDPLATFORM" not in args]
+    assert {"claude-code", "runtime"} <= set(per_platform)
+    check = 'test "$(dpkg --print-architecture)" = "$TARGETARCH"'
+    for stage in per_platform:
+        own = [i for i in instructions if i.stage == stage]
+        assert "TARGETARCH" in [i.arguments for i in own if i.keyword == "ARG"], stage
+        assert any(i.keyword == "RUN" and i.arguments.startswith(check) for i in own), stage
 
 
 def test_runtime_has_no_node_and_only_the_cli_binary(runtime: list[Instruction]) -> None:
@@ -84,9 +119,14 @@ def test_runtime_has_no_node_and_only_the_cli_binary(runtime: list[Instruction])
 def test_dependencies_install_before_the_application(runtime: list[Instruction]) -> None:
     pip = [i.arguments for i in runtime if i.keyword == "RUN" and "pip install" in i.arguments]
     assert len(pip) == 2
-    assert "requirements.txt" in pip[0]
+    # The hash-locked set (tests/infra/test_runtime_lock.py keeps it in step),
+    # then the wheel alone, then proof that the set is what the wheel asks for.
+    assert "source=requirements/runtime.txt" in pip[0]
+    assert "--require-hashes" in pip[0].split()
+    assert "--no-deps" not in pip[0], "pip must see every dependency is in the lock"
     assert "--no-deps" in pip[1]
     assert ".whl" in pip[1]
+    assert pip[1].endswith("&& pip check")
 
 
 def test_runtime_environment(runtime: list[Instruction]) -> None:
@@ -180,7 +220,13 @@ def test_dockerignore_keeps_the_context_small() -> None:
     # An allow-list: everything is out unless listed.
     assert patterns[0] == "*"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "app", "claude-code.version"}
+    assert allowed == {
+        "pyproject.toml",
+        "README.md",
+        "app",
+        "claude-code.version",
+        "requirements/runtime.txt",
+    }
     copied = set()
     for instruction in support.dockerfile():
         if instruction.keyword == "COPY" and "--from" not in instruction.arguments:

@@ -54,6 +54,10 @@ OWN_ADAPTERS = {
     "_outbox": "node.outbox.Outbox.publish queues an event for the one publisher",
     "_bus": "aws.topic.BusClient.publish_batch calls sns.publish_batch",
 }
+# SNS encrypts with the topics' KMS key (messaging.yaml's TopicKey) on behalf
+# of the publisher, who needs these on the key: "Configuring AWS KMS
+# permissions" in the SNS developer guide.
+PUBLISH_TO_AN_ENCRYPTED_TOPIC = {"kms:GenerateDataKey", "kms:Decrypt"}
 # Calls IAM does not govern: "No permissions are required to perform this
 # operation" (the STS API reference, GetCallerIdentity); `cancel` names the caller.
 NEEDS_NO_GRANT = {"sts:GetCallerIdentity"}
@@ -176,12 +180,22 @@ def actions(service: str, method: str) -> set[str]:
 
 
 def actions_called(modules: set[Path]) -> set[str]:
-    return {
+    called = {
         action
         for path in modules
         for service, method, _ in client_calls(path)
         for action in actions(service, method)
     }
+    if "sns:Publish" in called and topics_are_encrypted():
+        called |= PUBLISH_TO_AN_ENCRYPTED_TOPIC
+    return called
+
+
+def topics_are_encrypted() -> bool:
+    template = support.cfn_template(support.MESSAGING)
+    return all(
+        "KmsMasterKeyId" in t for t in support.resources(template, "AWS::SNS::Topic").values()
+    )
 
 
 def node_actions() -> set[str]:
@@ -414,6 +428,9 @@ def resource_arn(logical_id: str, template: dict[str, Any]) -> str:
         return "arn:${Partition}:s3:::" + placeholders(
             support.resolve(props["BucketName"], template)
         )
+    if kind == "AWS::KMS::Key":
+        # A key's id is made by KMS: the standalone policies leave it as a placeholder.
+        return "arn:${Partition}:kms:${Region}:${AccountId}:key/${TopicKeyId}"
     raise AssertionError(f"no ARN rule for {kind}")
 
 

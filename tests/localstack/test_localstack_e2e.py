@@ -350,6 +350,18 @@ def test_messaging_template_deploys(localstack: LocalStack, messaging_stack: Dep
     assert_delivers(localstack, bus.command_topic_arn, bus.node_queue_url)
     assert_delivers(localstack, bus.control_bus_arn, bus.server_queue_url)
 
+    # Both topics name the stack's KMS key, which exists and rotates. (LocalStack
+    # does not encrypt with it or check who may use it: tests/infra reads the
+    # key policy and the publishers' grants.)
+    key_arn = messaging_stack.outputs["TopicKeyArn"]
+    sns = localstack.client("sns")
+    for topic in (bus.command_topic_arn, bus.control_bus_arn):
+        attributes = sns.get_topic_attributes(TopicArn=topic)["Attributes"]
+        assert attributes.get("KmsMasterKeyId") == key_arn, topic
+    kms = localstack.client("kms")
+    assert kms.describe_key(KeyId=key_arn)["KeyMetadata"]["KeyState"] == "Enabled"
+    assert kms.get_key_rotation_status(KeyId=key_arn)["KeyRotationEnabled"] is True
+
     # The node's managed policy exists and grants what the node calls.
     if "NodePolicyArn" in messaging_stack.outputs:
         iam = localstack.client("iam")

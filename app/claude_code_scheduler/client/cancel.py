@@ -23,7 +23,7 @@ import botocore.exceptions
 import click
 
 from claude_code_scheduler.aws.cancels import CancelRequest, CancelStore
-from claude_code_scheduler.aws.clients import make_identity_client
+from claude_code_scheduler.aws.clients import Clients, make_identity_client
 from claude_code_scheduler.aws.errors import describe_error, explain
 from claude_code_scheduler.aws.names import parse_topic_arn, validate_bucket
 from claude_code_scheduler.client.options import aws_options, clients_for, region_of
@@ -214,18 +214,29 @@ def cancel(**options: Any) -> None:
     bus = options["control_bus_arn"]
     parse_topic_arn(bus, "--control-bus-arn")
     clients = clients_for(options, bus)
+    result = cancel_as_caller(
+        clients, options, log_bucket=bucket, run_id=options["run_id"], reason=options.get("reason")
+    )
+    click.echo(result.line())
+
+
+def cancel_as_caller(
+    clients: Clients, options: dict[str, Any], *, log_bucket: str, run_id: str, reason: str | None
+) -> CancelResult:
+    """request_cancel, in the name of whoever the command's AWS options make
+    the caller (its STS ARN)."""
+    bus = options.get("control_bus_arn")
     sts = make_identity_client(
         region=region_of(options.get("region"), bus),
         profile=options.get("profile"),
         endpoint_url=options.get("endpoint_url"),
     )
-    result = request_cancel(
+    return request_cancel(
         clients.s3,
         clients.sns,
-        log_bucket=bucket,
+        log_bucket=log_bucket,
         control_bus_arn=bus,
-        run_id=options["run_id"],
-        reason=options.get("reason"),
+        run_id=run_id,
+        reason=reason,
         requested_by=caller_identity(sts),
     )
-    click.echo(result.line())

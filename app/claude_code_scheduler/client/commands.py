@@ -17,7 +17,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from claude_code_scheduler.aws.clients import Clients, make_identity_client
+from claude_code_scheduler.aws.clients import Clients
 from claude_code_scheduler.aws.names import validate_bucket
 from claude_code_scheduler.client.bus import (
     BusEvent,
@@ -26,18 +26,13 @@ from claude_code_scheduler.client.bus import (
     send_to_queue,
     send_to_topic,
 )
-from claude_code_scheduler.client.cancel import (
-    LOG_BUCKET_ENVVARS,
-    caller_identity,
-    request_cancel,
-)
+from claude_code_scheduler.client.cancel import LOG_BUCKET_ENVVARS, cancel_as_caller
 from claude_code_scheduler.client.keys import read_signing_key
 from claude_code_scheduler.client.options import (
     aws_options,
     clients_for,
     open_reader,
     reader_options,
-    region_of,
     stop_on_signals,
     task_field_options,
     validate_sources,
@@ -215,20 +210,12 @@ def _interrupted(clients: Clients, run_id: str, options: dict[str, Any]) -> None
             f"claude-code-scheduler cancel {run_id}"
         )
         return
-    bus = options.get("control_bus_arn")
-    sts = make_identity_client(
-        region=region_of(options.get("region"), bus),
-        profile=options.get("profile"),
-        endpoint_url=options.get("endpoint_url"),
-    )
-    result = request_cancel(
-        clients.s3,
-        clients.sns,
+    result = cancel_as_caller(
+        clients,
+        options,
         log_bucket=options["log_bucket"],
-        control_bus_arn=bus,
         run_id=run_id,
         reason="interrupted: submit --wait --cancel-on-interrupt",
-        requested_by=caller_identity(sts),
     )
     _status(result.line())
 

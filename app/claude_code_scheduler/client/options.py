@@ -29,17 +29,28 @@ from claude_code_scheduler.protocol.commands import (
 )
 
 
-def aws_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option("--region", envvar="AWS_REGION", help="AWS region. Default: from the ARNs."),
-        click.option("--profile", envvar="AWS_PROFILE", help="AWS profile for credentials."),
-        click.option(
-            "--endpoint-url", help="AWS endpoint for emulators. AWS_ENDPOINT_URL is read too."
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+def aws_options_with(
+    region_help: str,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--region, --profile and --endpoint-url; `region_help` says where the
+    region comes from when --region is not given."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        options = [
+            click.option("--region", envvar="AWS_REGION", help=region_help),
+            click.option("--profile", envvar="AWS_PROFILE", help="AWS profile for credentials."),
+            click.option(
+                "--endpoint-url", help="AWS endpoint for emulators. AWS_ENDPOINT_URL is read too."
+            ),
+        ]
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+aws_options = aws_options_with("AWS region. Default: from the ARNs.")
 
 
 def reader_options(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -23,7 +23,7 @@ from claude_code_scheduler.aws.names import check_region, resolve_region, valida
 from claude_code_scheduler.aws.record_reader import RecordReader
 from claude_code_scheduler.aws.records import day_prefix, is_key_of
 from claude_code_scheduler.client.cancel import LOG_BUCKET_ENVVARS, check_request
-from claude_code_scheduler.client.options import clients_for
+from claude_code_scheduler.client.options import aws_options_with, clients_for
 from claude_code_scheduler.client.records import (
     COMPLETED,
     DEFAULT_RANGE,
@@ -93,21 +93,8 @@ def range_options(since_help: str) -> Callable[[Callable[..., Any]], Callable[..
     return decorate
 
 
-def bucket_aws_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    """client.options.aws_options, but for a bucket, which no ARN given names
-    the region of."""
-    options = [
-        click.option(
-            "--region", envvar="AWS_REGION", help="The log bucket's AWS region. Required."
-        ),
-        click.option("--profile", envvar="AWS_PROFILE", help="AWS profile for credentials."),
-        click.option(
-            "--endpoint-url", help="AWS endpoint for emulators. AWS_ENDPOINT_URL is read too."
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+# client.options.aws_options, for a bucket, which no ARN given names the region of.
+bucket_aws_options = aws_options_with("The log bucket's AWS region. Required.")
 
 
 def filter_options(function: Callable[..., Any]) -> Callable[..., Any]:
