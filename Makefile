@@ -27,7 +27,7 @@ types: $(STAMP)
 test: lint types
 	-scripts/install-system-packages.sh
 	-scripts/install-claude.sh
-	$(BIN)/pytest -q
+	PYTEST=$(BIN)/pytest scripts/run-tests.sh
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

@@ -19,11 +19,12 @@ done
 # shellcheck disable=SC2086 # split on purpose: one package per line
 missing=$(printf '%s\n' $missing | sort -u | tr '\n' ' ')
 
-# The run uids of the slots the tests use (10100 + slot), as the Dockerfile
-# makes them: no home, no login shell.
+# The run uids of the slots the tests use (10100 + slot; 10104 and up for the
+# second lane of scripts/run-tests.sh), as the Dockerfile makes them: no home,
+# no login shell.
 add_run_users() {
     [ "$(id -u)" = 0 ] && command -v useradd >/dev/null 2>&1 || return 0
-    for slot in 0 1 2 3; do
+    for slot in 0 1 2 3 4 5 6 7; do
         uid=$((10100 + slot))
         getent passwd "$uid" >/dev/null && continue
         getent group "$uid" >/dev/null || groupadd --gid "$uid" "claude-run-$slot"

@@ -16,6 +16,15 @@ import pytest
 from claude_code_scheduler.protocol import EVENT_TYPES, load_schema
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# scripts/run-tests.sh runs the slow suites in a second pytest beside the
+# first. A root node kills and cleans up by its runs' uids (node.process),
+# so the second lane's nodes get run uids of their own.
+LANE_RUN_UID_BASE = os.environ.get("CLAUDE_TEST_RUN_UID_BASE")
+
+
+def lane_env() -> dict[str, str]:
+    """What a node started by a test needs from its lane (see LANE_RUN_UID_BASE)."""
+    return {} if LANE_RUN_UID_BASE is None else {"CLAUDE_NODE_RUN_UID_BASE": LANE_RUN_UID_BASE}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:

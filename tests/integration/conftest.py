@@ -24,7 +24,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import assert_valid_event
+from tests.conftest import assert_valid_event, lane_env
 from tests.unprivileged import let_other_users_through
 
 REGION = "us-east-1"
@@ -262,6 +262,7 @@ def node_env(stack: Stack, extra: dict[str, str] | None = None) -> dict[str, str
     }
     env.update(CREDENTIALS)
     env.update({"AWS_ENDPOINT_URL": stack.endpoint, "AWS_REGION": REGION, "PYTHONUNBUFFERED": "1"})
+    env.update(lane_env())
     env.update(extra or {})
     return env
 

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import boto3
 import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, lane_env
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = REPO / "scripts" / "localstack_host.py"
@@ -76,6 +76,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith(("AWS_", "CLAUDE_NODE_"))
     }
+    env.update(lane_env())
     env.update(extra)
     return env
 
