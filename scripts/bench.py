@@ -121,7 +121,7 @@ def plain_loop(argv: list[str]) -> int:
         )
 
     def run_child(run_id: str, task: Any) -> tuple[Path, int]:
-        from claude_code_scheduler.node.process.claude import mock_argv  # noqa: PLC0415
+        from claude_code_scheduler.node.process.result import mock_argv  # noqa: PLC0415
 
         spool = args.work_dir / f"{run_id}.log"
         with spool.open("wb") as out:

@@ -19,7 +19,7 @@ import pytest
 
 from claude_code_scheduler.node.messages import Ending
 from claude_code_scheduler.node.outcome import RunEnd, conclude
-from claude_code_scheduler.node.process.claude import failure_type, summarize_result, usage_of
+from claude_code_scheduler.node.process.result import failure_type, summarize_result, usage_of
 from claude_code_scheduler.node.process.supervisor import ProcessResult
 from claude_code_scheduler.node.workspace.steps import WorkspaceSteps
 from claude_code_scheduler.protocol.events import ErrorType, encode_event

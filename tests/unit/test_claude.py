@@ -1,4 +1,4 @@
-"""node/process/claude.py: the CLI's argv, finding its result line, its figures,
+"""node/process/claude.py and result.py: the CLI's argv, finding its result line, its figures,
 and the words that say why a run failed."""
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 
 from claude_code_scheduler.node.process import mockcli
-from claude_code_scheduler.node.process.claude import (
+from claude_code_scheduler.node.process.claude import claude_argv, mock_argv
+from claude_code_scheduler.node.process.result import (
     ROOT_ADVICE,
     ResultTracker,
-    claude_argv,
     failure_message,
-    mock_argv,
     succeeded,
     summarize_result,
 )

@@ -27,7 +27,7 @@ from claude_code_scheduler.node.http import StatusServer
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.metrics import METRICS, NodeMetrics, RunEnded, emf_document
 from claude_code_scheduler.node.outbox import Outbox
-from claude_code_scheduler.node.process.claude import usage_of
+from claude_code_scheduler.node.process.result import usage_of
 from claude_code_scheduler.protocol.events import ErrorType, task_completed, task_failed
 
 RESULT_LINE = {

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 import claude_code_scheduler
-from claude_code_scheduler.node.process.claude import (
+from claude_code_scheduler.node.process.mockcli import main, session_lines
+from claude_code_scheduler.node.process.result import (
     ResultTracker,
     failure_message,
     summarize_result,
 )
-from claude_code_scheduler.node.process.mockcli import main, session_lines
 from claude_code_scheduler.node.process.supervisor import ProcessResult
 
 

@@ -1,4 +1,4 @@
-"""How a run ended, the CLI's own way: the classifier (node.process.claude
+"""How a run ended, the CLI's own way: the classifier (node.process.result
 `failure_type`) on the result lines the genuine CLI printed, `conclude`'s
 endings and events for them, `usage`, structured_output, and what `submit
 --wait` makes of terminal events (client.watch). The lines in
@@ -19,7 +19,7 @@ from unit_support import assert_event_valid, schema_errors
 from claude_code_scheduler.client.watch import RunCost, describe, ends_the_run, usd
 from claude_code_scheduler.node.messages import Ending
 from claude_code_scheduler.node.outcome import RunEnd, RunOutcome, conclude
-from claude_code_scheduler.node.process.claude import failure_type, usage_of
+from claude_code_scheduler.node.process.result import failure_type, usage_of
 from claude_code_scheduler.node.process.supervisor import ProcessResult
 from claude_code_scheduler.node.workspace.steps import WorkspaceSteps
 from claude_code_scheduler.protocol.events import (

@@ -14,7 +14,7 @@ from unit_support import make_config, schema_errors
 
 from claude_code_scheduler.aws.cancels import CancelRequest
 from claude_code_scheduler.node.main import registration
-from claude_code_scheduler.node.process.claude import summarize_result
+from claude_code_scheduler.node.process.result import summarize_result
 from claude_code_scheduler.protocol import (
     EVENT_TYPES,
     PERMISSION_MODES,

@@ -18,15 +18,15 @@ from tests.conftest import IN_CI
 from tests.unprivileged import let_other_users_through
 
 from claude_code_scheduler.node.output import OutputBatcher, OutputRecorder
-from claude_code_scheduler.node.process.claude import (
+from claude_code_scheduler.node.process.claude import mock_argv
+from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity
+from claude_code_scheduler.node.process.reaper import RUN_MARKER
+from claude_code_scheduler.node.process.result import (
     ResultTracker,
     failure_message,
-    mock_argv,
     succeeded,
     summarize_result,
 )
-from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity
-from claude_code_scheduler.node.process.reaper import RUN_MARKER
 from claude_code_scheduler.node.process.supervisor import STDIN_LIMIT, ProcessResult, ProcessRun
 from claude_code_scheduler.protocol import MockSpec, TaskSpec
 

@@ -76,7 +76,7 @@ class RunEnded:
     def from_event(cls, event: Event, queue_wait_seconds: float | None = None) -> RunEnded:
         data = event.data
         error = data.get("error")
-        # None where the CLI gave no result line (node.process.claude.usage_of).
+        # None where the CLI gave no result line (node.process.result.usage_of).
         usage = data.get("usage") or {}
         attempt = data.get("attempt")
         return cls(

@@ -16,7 +16,7 @@ Ending and the terminal event that says so. The first row that applies:
   | the CLI succeeded, but without the         | ClaudeError          | failed       |
   |   structured output its json_schema asked  |                      |              |
   | the CLI succeeded                          | TaskCompleted        | completed    |
-  | and otherwise, from the CLI's result line (`claude.failure_type`):              |
+  | and otherwise, from the CLI's result line (`result.failure_type`):              |
   | subtype error_max_budget_usd               | BudgetExceeded       | failed       |
   | subtype error_max_turns                    | MaxTurns             | failed       |
   | api_error_status 401 or 403, a credential  | AuthenticationFailed | failed       |
@@ -31,7 +31,7 @@ Ending and the terminal event that says so. The first row that applies:
   instead, and the event says final_attempt: true. Every TaskFailed of this
   table names its attempt; it and TaskCompleted carry the result line's
   `usage`. The message of a failure is the CLI's own words
-  (`claude.failure_message`).
+  (`result.failure_message`).
 
 A Cancelled run's event carries the request (`cancel`: who asked, why, when)
 and, as any end does, its log and artifacts. A run whose CLI had ended on its
@@ -61,7 +61,7 @@ from typing import Any
 
 from claude_code_scheduler.aws.cancels import CancelRequest
 from claude_code_scheduler.node.messages import Ending, MessageAction, action_after_run
-from claude_code_scheduler.node.process.claude import (
+from claude_code_scheduler.node.process.result import (
     NO_STRUCTURED_OUTPUT,
     failure_message,
     failure_type,

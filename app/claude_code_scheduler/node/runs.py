@@ -54,14 +54,10 @@ from claude_code_scheduler.node.outcome import (
 )
 from claude_code_scheduler.node.output import OutputBatcher, OutputRecorder, open_spool
 from claude_code_scheduler.node.process import reaper
-from claude_code_scheduler.node.process.claude import (
-    ResultTracker,
-    claude_argv,
-    mock_argv,
-    succeeded,
-)
+from claude_code_scheduler.node.process.claude import claude_argv, mock_argv
 from claude_code_scheduler.node.process.environment import RunDirs, child_environment
 from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity, remove_files_of
+from claude_code_scheduler.node.process.result import ResultTracker, succeeded
 from claude_code_scheduler.node.process.supervisor import ProcessResult, ProcessRun
 from claude_code_scheduler.node.records import run_record, store_record
 from claude_code_scheduler.node.retries import RetryPolicy

@@ -316,7 +316,7 @@ class TaskUsage:
     TaskFailed's `usage`); each None where the line did not say, or said
     something that is not a non-negative number. `model_usage` maps a model
     to the CLI's figures for it (costUSD, inputTokens, ...), within the
-    MODEL_USAGE_* bounds: node.process.claude.usage_of reads and bounds it."""
+    MODEL_USAGE_* bounds: node.process.result.usage_of reads and bounds it."""
 
     total_cost_usd: float | None = None
     input_tokens: int | None = None
