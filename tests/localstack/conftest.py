@@ -252,6 +252,25 @@ class DeployedStack:
     status: str
 
 
+def created_stack(cfn: Any, name: str) -> dict[str, Any]:
+    """Stack `name` once CloudFormation is done creating it; the test fails
+    with the failed resources' reasons unless it is CREATE_COMPLETE."""
+    deadline = time.monotonic() + 120
+    while True:
+        stack: dict[str, Any] = cfn.describe_stacks(StackName=name)["Stacks"][0]
+        if not stack["StackStatus"].endswith("IN_PROGRESS") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if stack["StackStatus"] != "CREATE_COMPLETE":
+        reasons = [
+            f"{e['LogicalResourceId']}: {e['ResourceStatus']} {e.get('ResourceStatusReason', '')}"
+            for e in cfn.describe_stack_events(StackName=name)["StackEvents"]
+            if "FAILED" in e["ResourceStatus"]
+        ]
+        pytest.fail(f"stack {name} is {stack['StackStatus']}: {reasons}")
+    return stack
+
+
 @pytest.fixture(scope="session")
 def messaging_stack(localstack: LocalStack) -> DeployedStack:
     """deploy/cloudformation/messaging.yaml, created with CloudFormation on LocalStack."""
@@ -271,19 +290,7 @@ def messaging_stack(localstack: LocalStack) -> DeployedStack:
         ],
         Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
     )
-    deadline = time.monotonic() + 120
-    while True:
-        stack = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
-        if not stack["StackStatus"].endswith("IN_PROGRESS") or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    if stack["StackStatus"] != "CREATE_COMPLETE":
-        reasons = [
-            f"{e['LogicalResourceId']}: {e['ResourceStatus']} {e.get('ResourceStatusReason', '')}"
-            for e in cfn.describe_stack_events(StackName=STACK_NAME)["StackEvents"]
-            if "FAILED" in e["ResourceStatus"]
-        ]
-        pytest.fail(f"stack is {stack['StackStatus']}: {reasons}")
+    stack = created_stack(cfn, STACK_NAME)
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     missing = sorted(set(STACK_OUTPUTS) - set(outputs))
     assert not missing, f"stack outputs missing: {missing} (has {sorted(outputs)})"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.infra import support
-from tests.localstack.conftest import STACK_PREFIX, DeployedStack, LocalStack
+from tests.localstack.conftest import STACK_PREFIX, DeployedStack, LocalStack, created_stack
 
 pytestmark = [pytest.mark.localstack, pytest.mark.timeout(900)]
 
@@ -52,20 +52,7 @@ def create_stack(localstack: LocalStack, name: str, body: str, parameters: dict[
         TemplateBody=body,
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
     )
-    deadline = time.monotonic() + 120
-    while True:
-        stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
-        if not stack["StackStatus"].endswith("IN_PROGRESS") or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    if stack["StackStatus"] != "CREATE_COMPLETE":
-        reasons = [
-            f"{e['LogicalResourceId']}: {e['ResourceStatus']} {e.get('ResourceStatusReason', '')}"
-            for e in cfn.describe_stack_events(StackName=name)["StackEvents"]
-            if "FAILED" in e["ResourceStatus"]
-        ]
-        pytest.fail(f"stack {name} is {stack['StackStatus']}: {reasons}")
-    return stack
+    return created_stack(cfn, name)
 
 
 def delete_stack(localstack: LocalStack, name: str) -> None:
