@@ -245,10 +245,14 @@ def unresolved(
     redact: Callable[[str], str],
     *,
     attempt: int | None = None,
+    cancel_request: CancelRequest | None = None,
 ) -> RunOutcome:
     """The SecretError and SessionError rows of the docstring. The message
     names the reference or the session id and the AWS error, never a value
-    or any of the session's content."""
+    or any of the session's content. Reading interrupted by an operator's
+    cancel (`cancel_request`) is the Cancelled row instead."""
+    if exc.interrupted and cancel_request is not None:
+        return cancelled(cancel_request, duration_seconds, redact, attempt=attempt)
     ending = Ending.HANDED_BACK if exc.interrupted else Ending.FAILED
     failure = ErrorType.SESSION_ERROR if isinstance(exc, SessionError) else ErrorType.SECRET_ERROR
     error_type = ErrorType.NODE_SHUTDOWN if exc.interrupted else failure

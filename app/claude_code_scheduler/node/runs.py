@@ -282,17 +282,17 @@ class TaskRun:
         return max(0.0, self._deadline - self._clock())
 
     def _unresolved(self, exc: SecretError | SessionError) -> RunOutcome:
-        """The run ends before its CLI starts (node.outcome.unresolved), or,
-        when an operator's cancel interrupted the reading, Cancelled."""
+        """The run ends before its CLI starts (node.outcome.unresolved)."""
         duration = self._clock() - (self._deadline - self._timeout)
         with logsetup.SECRETS.for_run(self.run_id, self._task_env.values()):
-            request = self._control.cancel_request
-            if exc.interrupted and request is not None:
-                outcome = cancelled(request, duration, self._redact, attempt=self._attempt)
-            else:
-                outcome = unresolved(
-                    self.run_id, exc, duration, self._redact, attempt=self._attempt
-                )
+            outcome = unresolved(
+                self.run_id,
+                exc,
+                duration,
+                self._redact,
+                attempt=self._attempt,
+                cancel_request=self._control.cancel_request,
+            )
             return self._ended_before_cli(outcome, duration)
 
     def _ended_before_cli(self, outcome: RunOutcome, duration: float = 0.0) -> RunOutcome:
