@@ -13,8 +13,10 @@ import click
 from claude_code_scheduler import __version__
 from claude_code_scheduler.client.cancel import cancel
 from claude_code_scheduler.client.commands import COMMANDS
+from claude_code_scheduler.client.dashboard import dashboard
 from claude_code_scheduler.client.keys import keys
 from claude_code_scheduler.client.runs import runs
+from claude_code_scheduler.client.schedules import schedule
 from claude_code_scheduler.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -43,7 +45,7 @@ def _show_envvars(command: click.Command) -> None:
             _show_envvars(sub)
 
 
-for _command in (node, healthcheck, *COMMANDS, cancel, keys, runs):
+for _command in (node, healthcheck, *COMMANDS, cancel, keys, runs, schedule, dashboard):
     cli.add_command(_command)
 _show_envvars(cli)
 

@@ -34,7 +34,7 @@ from claude_code_scheduler.client.options import (
     open_reader,
     reader_options,
     stop_on_signals,
-    task_field_options,
+    task_options,
     validate_sources,
 )
 from claude_code_scheduler.client.tasks import build_command
@@ -56,7 +56,6 @@ from claude_code_scheduler.errors import (
 )
 from claude_code_scheduler.protocol import (
     EVENT_TYPES,
-    PERMISSION_MODES,
     TERMINAL_EVENT_TYPES,
     EventType,
     RunTask,
@@ -76,46 +75,7 @@ LATE_OUTPUT_SECONDS = 2.0
 
 
 @click.command()
-@click.option("--prompt", help="The prompt.")
-@click.option("--prompt-file", type=click.Path(dir_okay=False), help="Read the prompt from a file.")
-@click.option("--name", help="Task name, echoed in TaskStarted.")
-@click.option("--task-id", help="Your id for the task, echoed in TaskStarted.")
-@click.option("--model", help="Model for the Claude CLI, e.g. sonnet.")
-@click.option("--permission-mode", type=click.Choice(PERMISSION_MODES))
-@click.option("--allowed-tools", multiple=True, help="Tool names; repeat or comma-separate.")
-@click.option("--disallowed-tools", multiple=True, help="Tool names; repeat or comma-separate.")
-@click.option("--max-turns", type=click.IntRange(min=1))
-@click.option("--timeout", type=float, help="The run's timeout_seconds.")
-@click.option("--env", "env", multiple=True, help="NAME=VALUE for the CLI's environment; repeat.")
-@click.option(
-    "--secret",
-    "secrets",
-    multiple=True,
-    help="NAME=REFERENCE: a Secrets Manager ARN or SSM parameter the node reads into the "
-    "CLI's environment as NAME (docs/secrets.md); repeat.",
-)
-@click.option(
-    "--artifact",
-    "artifacts",
-    multiple=True,
-    metavar="GLOB",
-    help="Keep the files matching GLOB (relative to the run's working folder, e.g. "
-    "'dist/**') under runs/<run_id>/files/ in the log bucket; repeat.",
-)
-@click.option(
-    "--workspace",
-    metavar="URL|JSON",
-    help="What the run starts from (docs/workspaces.md): a git URL, an "
-    "s3://<log-bucket>/inputs/... archive, or the task.workspace object as JSON "
-    "(for credentials and the rest).",
-)
-@click.option("--git-ref", help="With --workspace URL: the branch, tag or commit to check out.")
-@click.option(
-    "--push-branch",
-    help="With --workspace URL: after a completed run, commit and push the work to "
-    "this new branch.",
-)
-@task_field_options
+@task_options
 @click.option("--run-id", help="Run id. Default: a new uuid.")
 @click.option(
     "--command-topic-arn",

@@ -22,6 +22,7 @@ from claude_code_scheduler.aws.names import (
 )
 from claude_code_scheduler.client.bus import EventFilter, QueueReader, Reader, TemporaryReader
 from claude_code_scheduler.errors import ConfigError
+from claude_code_scheduler.protocol import PERMISSION_MODES
 from claude_code_scheduler.protocol.commands import (
     EFFORT_LEVELS,
     MAX_BUDGET_USD,
@@ -156,6 +157,66 @@ def task_field_options(function: Callable[..., Any]) -> Callable[..., Any]:
             help="With --resume: continue under a new session id, leaving the original as it was.",
         ),
     ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def task_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The task a command sends, option by option: `submit`'s and `schedule
+    create`'s, so the two cannot drift (client.tasks.build_task reads them)."""
+    options = [
+        click.option("--prompt", help="The prompt."),
+        click.option(
+            "--prompt-file", type=click.Path(dir_okay=False), help="Read the prompt from a file."
+        ),
+        click.option("--name", help="Task name, echoed in TaskStarted."),
+        click.option("--task-id", help="Your id for the task, echoed in TaskStarted."),
+        click.option("--model", help="Model for the Claude CLI, e.g. sonnet."),
+        click.option("--permission-mode", type=click.Choice(PERMISSION_MODES)),
+        click.option(
+            "--allowed-tools", multiple=True, help="Tool names; repeat or comma-separate."
+        ),
+        click.option(
+            "--disallowed-tools", multiple=True, help="Tool names; repeat or comma-separate."
+        ),
+        click.option("--max-turns", type=click.IntRange(min=1)),
+        click.option("--timeout", type=float, help="The run's timeout_seconds."),
+        click.option(
+            "--env", "env", multiple=True, help="NAME=VALUE for the CLI's environment; repeat."
+        ),
+        click.option(
+            "--secret",
+            "secrets",
+            multiple=True,
+            help="NAME=REFERENCE: a Secrets Manager ARN or SSM parameter the node reads into the "
+            "CLI's environment as NAME (docs/secrets.md); repeat.",
+        ),
+        click.option(
+            "--artifact",
+            "artifacts",
+            multiple=True,
+            metavar="GLOB",
+            help="Keep the files matching GLOB (relative to the run's working folder, e.g. "
+            "'dist/**') under runs/<run_id>/files/ in the log bucket; repeat.",
+        ),
+        click.option(
+            "--workspace",
+            metavar="URL|JSON",
+            help="What the run starts from (docs/workspaces.md): a git URL, an "
+            "s3://<log-bucket>/inputs/... archive, or the task.workspace object as JSON "
+            "(for credentials and the rest).",
+        ),
+        click.option(
+            "--git-ref", help="With --workspace URL: the branch, tag or commit to check out."
+        ),
+        click.option(
+            "--push-branch",
+            help="With --workspace URL: after a completed run, commit and push the work to "
+            "this new branch.",
+        ),
+    ]
+    function = task_field_options(function)
     for option in reversed(options):
         function = option(function)
     return function

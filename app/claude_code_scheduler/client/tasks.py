@@ -98,6 +98,17 @@ def _resume(options: dict[str, Any]) -> ResumeSpec | None:
 
 
 def build_command(options: dict[str, Any]) -> RunTask:
+    """`submit`'s RunTask, checked as a node would check it."""
+    command = RunTask(run_id=options.get("run_id") or str(uuid.uuid4()), task=build_task(options))
+    try:
+        return parse_command(command.to_json())  # the node's own check, before sending
+    except InvalidCommand as exc:
+        raise ConfigError(f"invalid task: {exc}") from None
+
+
+def build_task(options: dict[str, Any]) -> TaskSpec:
+    """The task that client.options.task_options describe (submit's and
+    schedule create's). The caller checks the whole command it goes into."""
     prompt = options.get("prompt")
     if options.get("prompt_file"):
         if prompt:
@@ -110,39 +121,30 @@ def build_command(options: dict[str, Any]) -> RunTask:
         raise ConfigError("--prompt: the prompt must not be empty")
     env = _env_pairs(options.get("env", ()))
     secrets = _secret_pairs(options.get("secrets", ()))
-    command = RunTask(
-        run_id=options.get("run_id") or str(uuid.uuid4()),
-        task=TaskSpec(
-            prompt=prompt,
-            name=options.get("name"),
-            task_id=options.get("task_id"),
-            model=options.get("model"),
-            permission_mode=options.get("permission_mode"),
-            allowed_tools=_tools(options.get("allowed_tools", ())),
-            disallowed_tools=_tools(options.get("disallowed_tools", ())),
-            max_turns=options.get("max_turns"),
-            timeout_seconds=options.get("timeout"),
-            env=env,
-            secrets=secrets,
-            workspace=_workspace(options, [*env, *secrets]),
-            artifacts=tuple(options.get("artifacts", ())),
-            max_budget_usd=options.get("max_budget_usd"),
-            system_prompt=options.get("system_prompt"),
-            append_system_prompt=options.get("append_system_prompt"),
-            json_schema=options.get("json_schema"),
-            mcp_servers=_mcp_servers(options.get("mcp_servers")),
-            fallback_model=options.get("fallback_model"),
-            effort=options.get("effort"),
-            settings=options.get("settings"),
-            retry=(
-                RetrySpec(options["max_attempts"])
-                if options.get("max_attempts") is not None
-                else None
-            ),
-            resume=_resume(options),
+    return TaskSpec(
+        prompt=prompt,
+        name=options.get("name"),
+        task_id=options.get("task_id"),
+        model=options.get("model"),
+        permission_mode=options.get("permission_mode"),
+        allowed_tools=_tools(options.get("allowed_tools", ())),
+        disallowed_tools=_tools(options.get("disallowed_tools", ())),
+        max_turns=options.get("max_turns"),
+        timeout_seconds=options.get("timeout"),
+        env=env,
+        secrets=secrets,
+        workspace=_workspace(options, [*env, *secrets]),
+        artifacts=tuple(options.get("artifacts", ())),
+        max_budget_usd=options.get("max_budget_usd"),
+        system_prompt=options.get("system_prompt"),
+        append_system_prompt=options.get("append_system_prompt"),
+        json_schema=options.get("json_schema"),
+        mcp_servers=_mcp_servers(options.get("mcp_servers")),
+        fallback_model=options.get("fallback_model"),
+        effort=options.get("effort"),
+        settings=options.get("settings"),
+        retry=(
+            RetrySpec(options["max_attempts"]) if options.get("max_attempts") is not None else None
         ),
+        resume=_resume(options),
     )
-    try:
-        return parse_command(command.to_json())  # the node's own check, before sending
-    except InvalidCommand as exc:
-        raise ConfigError(f"invalid task: {exc}") from None

@@ -19,6 +19,13 @@ if TYPE_CHECKING:  # protocol.workspace imports InvalidCommand from here
 
 PROTOCOL_VERSION = 1
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# EventBridge Scheduler's own rule for a schedule's name. A fired command's
+# run id is "<name>-<execution id>" (protocol.schedules), so the execution id
+# keeps to the run id's characters and leaves room for the longest name.
+SCHEDULE_NAME_PATTERN = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
+EXECUTION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+MAX_SCHEDULED_TIME_CHARS = 64
+MAX_SCHEDULE_ARN_CHARS = 512
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # No real variable's name comes near it; bounded so that a name can never
 # leave a negative room for its value below MAX_ARGUMENT_BYTES.
@@ -156,9 +163,30 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class Firing:
+    """Which schedule sent this command, as EventBridge Scheduler filled it in
+    when it fired (protocol.schedules): the name is the schedule's own, the
+    rest is the firing's."""
+
+    name: str
+    execution_id: str
+    scheduled_time: str
+    arn: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "execution_id": self.execution_id,
+            "scheduled_time": self.scheduled_time,
+            "arn": self.arn,
+        }
+
+
+@dataclass(frozen=True)
 class RunTask:
     run_id: str
     task: TaskSpec
+    schedule: Firing | None = None
 
     def to_json(self) -> str:
         return json.dumps(command_body(self), separators=(",", ":"))
@@ -205,4 +233,12 @@ def command_body(command: RunTask) -> dict[str, Any]:
         }
         if task.mock.write_files:
             body["mock"]["write_files"] = dict(task.mock.write_files)
-    return {"type": "RunTask", "version": PROTOCOL_VERSION, "run_id": command.run_id, "task": body}
+    wire: dict[str, Any] = {
+        "type": "RunTask",
+        "version": PROTOCOL_VERSION,
+        "run_id": command.run_id,
+        "task": body,
+    }
+    if command.schedule is not None:
+        wire["schedule"] = command.schedule.to_wire()
+    return wire

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
 from claude_code_scheduler.protocol.commands import (
     EFFORT_LEVELS,
     ENV_NAME_PATTERN,
+    EXECUTION_ID_PATTERN,
     MAX_ARGUMENT_BYTES,
     MAX_ARTIFACT_PATTERN_CHARS,
     MAX_ARTIFACT_PATTERNS,
@@ -27,6 +29,8 @@ from claude_code_scheduler.protocol.commands import (
     MAX_LABEL_CHARS,
     MAX_MOCK_OUTPUT_BYTES,
     MAX_RETRY_ATTEMPTS,
+    MAX_SCHEDULE_ARN_CHARS,
+    MAX_SCHEDULED_TIME_CHARS,
     MAX_TASK_SECRETS,
     MAX_TIMEOUT_SECONDS,
     MAX_TOOL_PATTERN_CHARS,
@@ -35,8 +39,10 @@ from claude_code_scheduler.protocol.commands import (
     PERMISSION_MODES,
     PROTOCOL_VERSION,
     RUN_ID_PATTERN,
+    SCHEDULE_NAME_PATTERN,
     SESSION_ID_PATTERN,
     TOOL_PATTERN,
+    Firing,
     InvalidCommand,
     MockSpec,
     ResumeSpec,
@@ -137,7 +143,9 @@ def parse_command(body: str, verify: Callable[[dict[str, Any]], object] | None =
 
 def _parse_document(document: dict[str, Any]) -> RunTask:
     _reject_unknown(
-        document, frozenset({"type", "version", "run_id", "task", "signature"}), "command"
+        document,
+        frozenset({"type", "version", "run_id", "task", "signature", "schedule"}),
+        "command",
     )
     # Checked by `verify` where the node requires signatures, ignored elsewhere.
     if "signature" in document and not isinstance(document["signature"], str):
@@ -156,7 +164,48 @@ def _parse_document(document: dict[str, Any]) -> RunTask:
     task = document.get("task")
     if not isinstance(task, dict):
         raise InvalidCommand("task must be an object")
-    return RunTask(run_id=run_id, task=_parse_task(task))
+    schedule = _firing(document["schedule"], run_id) if "schedule" in document else None
+    return RunTask(run_id=run_id, task=_parse_task(task), schedule=schedule)
+
+
+def _firing(value: Any, run_id: str) -> Firing:
+    """The `schedule` object of a command a schedule sent (protocol.schedules)."""
+    if not isinstance(value, dict):
+        raise InvalidCommand("schedule must be an object")
+    _reject_unknown(value, frozenset({"name", "execution_id", "scheduled_time", "arn"}), "schedule")
+    fields = {}
+    for key in ("name", "execution_id", "scheduled_time", "arn"):
+        if not isinstance(value.get(key), str):
+            raise InvalidCommand(f"schedule.{key} must be a string")
+        fields[key] = value[key]
+    if not SCHEDULE_NAME_PATTERN.fullmatch(fields["name"]):
+        raise InvalidCommand(
+            "schedule.name must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'"
+        )
+    if not EXECUTION_ID_PATTERN.fullmatch(fields["execution_id"]):
+        raise InvalidCommand(
+            "schedule.execution_id must be 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '-'"
+        )
+    if len(fields["scheduled_time"]) > MAX_SCHEDULED_TIME_CHARS or not _is_timestamp(
+        fields["scheduled_time"]
+    ):
+        got = quote(fields["scheduled_time"])
+        raise InvalidCommand(f"schedule.scheduled_time must be an ISO 8601 time, got {got}")
+    if not fields["arn"].startswith("arn:") or len(fields["arn"]) > MAX_SCHEDULE_ARN_CHARS:
+        raise InvalidCommand(f"schedule.arn must be an ARN, got {quote(fields['arn'])}")
+    # One firing, one run id: the run id is the schedule's name and the
+    # firing's execution id, so that no firing can take another's.
+    if run_id != f"{fields['name']}-{fields['execution_id']}":
+        raise InvalidCommand("run_id of a scheduled command must be schedule.name-execution_id")
+    return Firing(**fields)
+
+
+def _is_timestamp(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return text.isascii() and text.isprintable()
 
 
 def _parse_task(task: dict[str, Any]) -> TaskSpec:

@@ -38,6 +38,7 @@ from jwt.algorithms import OKPAlgorithm
 from jwt.utils import base64url_encode
 
 from claude_code_scheduler.protocol.commands import InvalidCommand
+from claude_code_scheduler.protocol.schedules import signed_form
 
 SIGNATURE_FIELD = "signature"
 ALGORITHM = "EdDSA"
@@ -52,6 +53,11 @@ MAX_CLOCK_SKEW_SECONDS = 300
 DEFAULT_TTL_SECONDS = 3600
 # SQS keeps a message 14 days at most: a longer signature outlives any message.
 MAX_TTL_SECONDS = 14 * 24 * 3600
+# A schedule signs its template once for all its firings (protocol.schedules),
+# so its signature lives as long as the schedule fires: 90 days unless told,
+# a year at most, and `schedule renew` signs it again (docs/schedules.md).
+DEFAULT_SCHEDULE_TTL_SECONDS = 90 * 24 * 3600
+MAX_SCHEDULE_TTL_SECONDS = 366 * 24 * 3600
 # A compact Ed25519 JWS is ~200 characters; a generous bound keeps a forged
 # multi-megabyte header from costing anything before it is refused.
 MAX_SIGNATURE_CHARS = 4096
@@ -226,9 +232,13 @@ def sign_command(
 ) -> dict[str, Any]:
     """The command with a "signature" valid from `now` for `ttl` seconds. Any
     signature it had is replaced. ValueError if the command cannot be put in
-    canonical form (a number outside I-JSON's range, a lone surrogate)."""
-    if not 0 < ttl <= MAX_TTL_SECONDS:
-        raise ValueError(f"a signature's lifetime must be above 0 and at most {MAX_TTL_SECONDS} s")
+    canonical form (a number outside I-JSON's range, a lone surrogate).
+
+    A schedule's template (it has a "schedule" object) is signed as it
+    stands, keywords and all: a node verifies a fired command's signed_form."""
+    longest = _longest_lifetime(command)
+    if not 0 < ttl <= longest:
+        raise ValueError(f"a signature's lifetime must be above 0 and at most {longest:g} s")
     issued = math.floor(now)
     header = {"kid": key.kid, "iat": issued, "exp": math.ceil(now + ttl), "typ": None}
     try:
@@ -253,7 +263,7 @@ def verify_command(command: Mapping[str, Any], keys: KeySet, *, now: float) -> s
     if key is None:
         raise SignatureRejected(Rejection.UNKNOWN_KEY, _quote(kid))
     try:
-        payload = canonical_payload(command)
+        payload = canonical_payload(signed_form(command))
     except (rfc8785.CanonicalizationError, RecursionError):
         raise SignatureRejected(
             Rejection.INVALID, "the command has no canonical JSON form"
@@ -274,7 +284,18 @@ def verify_command(command: Mapping[str, Any], keys: KeySet, *, now: float) -> s
         )
     if header["iat"] > header["exp"]:
         raise SignatureRejected(Rejection.INVALID, "it expires before it was issued")
+    # A signer rounds iat down and exp up: one second over is still its own.
+    if header["exp"] - header["iat"] > _longest_lifetime(command) + 1:
+        raise SignatureRejected(
+            Rejection.INVALID, f"it is valid for longer than {_age(_longest_lifetime(command))}"
+        )
     return str(kid)
+
+
+def _longest_lifetime(command: Mapping[str, Any]) -> float:
+    """A command waits in the queue at most as long as SQS keeps it; a
+    schedule's template is signed for every firing."""
+    return MAX_SCHEDULE_TTL_SECONDS if "schedule" in command else MAX_TTL_SECONDS
 
 
 def _split(token: Any) -> tuple[str, str]:
@@ -328,4 +349,6 @@ def _age(seconds: float) -> str:
         return f"{seconds} s"
     if seconds < 7200:
         return f"{seconds // 60} min"
-    return f"{seconds // 3600} h"
+    if seconds < 4 * 86400:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
