@@ -2,7 +2,8 @@
 # Installs the Debian packages the test suites need and a fresh machine may
 # lack: bubblewrap and socat (the CLI's Bash sandbox, tests/realcli), git,
 # git-lfs, the ssh client and sshd (workspaces; tests/gitserver.py serves git
-# over ssh on loopback), and gives the run uids passwd entries as the image
+# over ssh on loopback), Chromium and its ChromeDriver (tests/browser drives
+# the dashboard in them), and gives the run uids passwd entries as the image
 # does (ssh refuses to run for a uid without one). Does nothing when all is
 # there. Needs root and apt-get; elsewhere it says what is missing, and the
 # suites that need it skip with the reason (or fail under CI=true).
@@ -10,7 +11,8 @@ set -eu
 
 missing=""
 for pair in bwrap:bubblewrap socat:socat git:git git-lfs:git-lfs ssh:openssh-client \
-    ssh-keygen:openssh-client ssh-agent:openssh-client sshd:openssh-server; do
+    ssh-keygen:openssh-client ssh-agent:openssh-client sshd:openssh-server \
+    chromium:chromium chromedriver:chromium-driver; do
     tool=${pair%%:*}
     package=${pair#*:}
     # sshd lives in /usr/sbin, which a user's PATH may lack.

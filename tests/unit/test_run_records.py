@@ -49,6 +49,7 @@ from claude_code_scheduler.node.process.mockcli import MOCK_COST_USD
 from claude_code_scheduler.node.records import encode_record, store_record
 from claude_code_scheduler.node.runs import RunControl, TaskRun
 from claude_code_scheduler.protocol import MockSpec, RunTask, TaskSpec
+from claude_code_scheduler.protocol.commands import Firing
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -78,10 +79,17 @@ class Run:
         return self.outbox.publish(event, **options)
 
     def run(
-        self, mock: MockSpec, *, sent_at: float | None = None, cancels: Cancels | None = None
+        self,
+        mock: MockSpec,
+        *,
+        sent_at: float | None = None,
+        cancels: Cancels | None = None,
+        schedule: Firing | None = None,
     ) -> RunOutcome:
         command = RunTask(
-            "run-1", TaskSpec(prompt="hi", mock=mock, name="nightly tests", task_id="t-7")
+            "run-1" if schedule is None else f"{schedule.name}-{schedule.execution_id}",
+            TaskSpec(prompt="hi", mock=mock, name="nightly tests", task_id="t-7"),
+            schedule=schedule,
         )
         received = self.messages.receive(
             message(command.to_json(), "m-1", "r-1", receive_count=2), stopping=False, has_slot=True
@@ -113,6 +121,19 @@ class Run:
         raw = self.logs.uploads[key]
         assert raw.endswith(b"\n") and raw.count(b"\n") == 1, "one line, as Athena reads it"
         return key, json.loads(raw)
+
+
+def test_a_scheduled_run_s_record_names_its_schedule_and_firing(tmp_path: Path) -> None:
+    firing = Firing("nightly", "d32c5kddcf5bb8c3", "2027-01-04T09:00:00Z", "arn:aws:scheduler:x")
+    plain = Run(tmp_path)
+    plain.run(MockSpec(duration_seconds=0.0))
+    assert plain.record()[1]["schedule"] is None
+    run = Run(tmp_path / "scheduled")
+    run.run(MockSpec(duration_seconds=0.0), schedule=firing)
+    _key, record = run.record()
+    assert schema_errors("RunRecord", record) == []
+    assert record["run_id"] == "nightly-d32c5kddcf5bb8c3"
+    assert record["schedule"] == {"name": "nightly", "scheduled_time": "2027-01-04T09:00:00Z"}
 
 
 def test_a_completed_run_stores_its_record_before_its_terminal_event(tmp_path: Path) -> None:

@@ -61,6 +61,14 @@ def run_record(
         "run_id": command.run_id,
         "task_id": None if task.task_id is None else publishable(task.task_id, LABEL_LIMIT),
         "task_name": None if task.name is None else publishable(task.name, LABEL_LIMIT),
+        "schedule": (
+            None
+            if command.schedule is None
+            else {
+                "name": command.schedule.name,
+                "scheduled_time": command.schedule.scheduled_time,
+            }
+        ),
         "node_id": node_id,
         "attempt": attempt,
         "started_at": iso(started_at),
