@@ -140,6 +140,9 @@ def test_task_definition_json_matches_the_cfn_one(
     assert task_json["networkMode"] == task_cfn["NetworkMode"]
     assert task_json["cpu"] == str(support.resolve(task_cfn["Cpu"], ecs_service))
     assert task_json["memory"] == str(support.resolve(task_cfn["Memory"], ecs_service))
+    assert task_json["ephemeralStorage"]["sizeInGiB"] == support.resolve(
+        task_cfn["EphemeralStorage"]["SizeInGiB"], ecs_service
+    )
     assert [v["name"] for v in task_json["volumes"]] == [v["Name"] for v in task_cfn["Volumes"]]
     assert container_json["name"] == container_cfn["Name"]
 
