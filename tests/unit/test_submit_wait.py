@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from claude_code_scheduler.client import commands
+from claude_code_scheduler.client import follow as follow_module
 from claude_code_scheduler.client.bus import BusEvent
+from claude_code_scheduler.client.follow import follow_run
 from claude_code_scheduler.errors import EXIT_FAILURE, EXIT_OK
 from claude_code_scheduler.protocol.events import (
     ErrorType,
@@ -68,13 +69,13 @@ def rate_limited(number: int, *, final: bool) -> Event:
 def follow(reader: ScriptedReader, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
     # A wait timeout, so a wait that never ends fails the test instead of hanging it.
     options = {"raw": False, "wait_timeout": 10}
-    code = commands.follow_run(reader, RUN, options, threading.Event())
+    code = follow_run(reader, RUN, options, threading.Event())
     return code, capsys.readouterr()
 
 
 @pytest.fixture(autouse=True)
 def no_late_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(commands, "LATE_OUTPUT_SECONDS", 0.0)
+    monkeypatch.setattr(follow_module, "LATE_OUTPUT_SECONDS", 0.0)
 
 
 def test_a_retried_failure_is_waited_through_and_the_cost_adds_up(

@@ -1,4 +1,5 @@
-"""`submit`, `events` and `nodes`: the scheduler's side of the bus from a terminal.
+"""`submit`, `events` and `nodes`: the scheduler's side of the bus from a terminal
+(`submit --wait` follows its run with client.follow).
 
 They speak protocol version 1 through the same code the node uses: a RunTask
 is built with protocol.TaskSpec and checked with protocol.parse_command before
@@ -9,8 +10,6 @@ and events are read with the same types the node publishes.
 from __future__ import annotations
 
 import json
-import sys
-import threading
 import time
 from typing import Any
 
@@ -19,14 +18,9 @@ from click.core import ParameterSource
 
 from claude_code_scheduler.aws.clients import Clients
 from claude_code_scheduler.aws.names import validate_bucket
-from claude_code_scheduler.client.bus import (
-    BusEvent,
-    EventFilter,
-    Reader,
-    send_to_queue,
-    send_to_topic,
-)
+from claude_code_scheduler.client.bus import EventFilter, send_to_queue, send_to_topic
 from claude_code_scheduler.client.cancel import LOG_BUCKET_ENVVARS, cancel_as_caller
+from claude_code_scheduler.client.follow import RECEIVE_WAIT_SECONDS, follow_run, status
 from claude_code_scheduler.client.keys import read_signing_key
 from claude_code_scheduler.client.options import (
     aws_options,
@@ -38,38 +32,15 @@ from claude_code_scheduler.client.options import (
     validate_sources,
 )
 from claude_code_scheduler.client.tasks import build_command
-from claude_code_scheduler.client.watch import (
-    Fleet,
-    OutputAssembler,
-    RunCost,
-    cancel_note,
-    describe,
-    ends_the_run,
-    table,
-)
-from claude_code_scheduler.errors import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_WAIT_TIMEOUT,
-    ConfigError,
-)
-from claude_code_scheduler.protocol import (
-    EVENT_TYPES,
-    TERMINAL_EVENT_TYPES,
-    EventType,
-    RunTask,
-)
+from claude_code_scheduler.client.watch import Fleet, describe, table
+from claude_code_scheduler.errors import EXIT_INTERRUPTED, ConfigError
+from claude_code_scheduler.protocol import EVENT_TYPES, RunTask
 from claude_code_scheduler.protocol.commands import command_body
 from claude_code_scheduler.protocol.signing import (
     DEFAULT_TTL_SECONDS,
     MAX_TTL_SECONDS,
     sign_command,
 )
-
-RECEIVE_WAIT_SECONDS = 2  # short, so Ctrl-C is noticed quickly
-LATE_OUTPUT_SECONDS = 2.0
-
 
 # --- submit -------------------------------------------------------------------
 
@@ -165,7 +136,7 @@ def _interrupted(clients: Clients, run_id: str, options: dict[str, Any]) -> None
     """Ctrl-C while following: the run goes on, and how to stop it is one
     line away; or, with --cancel-on-interrupt, it is cancelled."""
     if not options["cancel_on_interrupt"]:
-        _status(
+        status(
             f"run {run_id}: stopped following; the run goes on. To stop it: "
             f"claude-code-scheduler cancel {run_id}"
         )
@@ -177,7 +148,7 @@ def _interrupted(clients: Clients, run_id: str, options: dict[str, Any]) -> None
         run_id=run_id,
         reason="interrupted: submit --wait --cancel-on-interrupt",
     )
-    _status(result.line())
+    status(result.line())
 
 
 def wire_body(command: RunTask, options: dict[str, Any]) -> str:
@@ -214,95 +185,6 @@ def _send_target(ctx: click.Context, options: dict[str, Any]) -> tuple[str | Non
     if bool(topic) == bool(queue):
         raise ConfigError("give one of --command-topic-arn or --queue-url")
     return topic, queue
-
-
-def follow_run(reader: Reader, run_id: str, options: dict[str, Any], stop: threading.Event) -> int:
-    started = time.monotonic()
-    limit = options.get("wait_timeout")
-    output = OutputAssembler(raw=options.get("raw", False))
-    cost = RunCost()
-    terminal: BusEvent | None = None
-    late_until = None
-    while not stop.is_set():
-        now = time.monotonic()
-        if late_until is not None and now >= late_until:
-            break
-        if terminal is None and limit is not None and now - started >= limit:
-            _status(f"run {run_id}: still going after {limit:g}s; stopped waiting")
-            return EXIT_WAIT_TIMEOUT
-        for event in reader.receive(1 if terminal else RECEIVE_WAIT_SECONDS):
-            data = event.body["data"]
-            elapsed = time.monotonic() - started
-            if event.event_type == EventType.TASK_OUTPUT:
-                _print(output.add(data["chunk_index"], data["stream"], data["data"]))
-            elif event.event_type == EventType.TASK_STARTED:
-                _status(
-                    f"run {run_id}: started on {event.node_id} "
-                    f"(attempt {data['attempt']}) after {elapsed:.1f}s"
-                )
-            elif event.event_type in TERMINAL_EVENT_TYPES and terminal is None:
-                cost.add(event.body)
-                if not ends_the_run(event.event_type, data):
-                    # The command runs again; the next attempt numbers its chunks from 0.
-                    _print(output.finish())
-                    output = OutputAssembler(raw=options.get("raw", False))
-                    _status(_goes_on(run_id, event))
-                    continue
-                # Give chunks that SNS delivered out of order a moment to land.
-                terminal, late_until = event, time.monotonic() + LATE_OUTPUT_SECONDS
-    _print(output.finish())
-    if terminal is None:
-        # Only a stop ends the loop before the run's end: Ctrl-C or SIGTERM.
-        return EXIT_INTERRUPTED
-    code = _report(run_id, terminal, time.monotonic() - started)
-    if (spent := cost.line()) is not None:
-        _status(f"run {run_id}: {spent}")
-    return code
-
-
-def _goes_on(run_id: str, event: BusEvent) -> str:
-    data = event.body["data"]
-    error = data["error"]
-    attempt = f"attempt {data['attempt']}" if data.get("attempt") else "an attempt"
-    return (
-        f"run {run_id}: {attempt} failed on {event.node_id}: {error['type']}: "
-        f"{error['message']}; the command runs again, still waiting"
-    )
-
-
-def _report(run_id: str, event: BusEvent, elapsed: float) -> int:
-    data = event.body["data"]
-    _artifacts(run_id, data)
-    if event.event_type == EventType.TASK_COMPLETED:
-        _status(
-            f"run {run_id}: completed on {event.node_id} in {data['duration_seconds']}s "
-            f"(exit {data['exit_code']}, {elapsed:.1f}s since submit); log {data['log_uri']}"
-        )
-        return EXIT_OK
-    error = data["error"]
-    _status(
-        f"run {run_id}: failed on {event.node_id}: {error['type']}: {error['message']}"
-        f"{cancel_note(data.get('cancel'))}"
-    )
-    return EXIT_FAILURE
-
-
-def _artifacts(run_id: str, data: dict[str, Any]) -> None:
-    """What the run left in the log bucket, and what it could not keep."""
-    for artifact in data.get("artifacts") or []:
-        _status(f"run {run_id}: artifact {artifact['uri']} ({artifact['bytes']} bytes)")
-    for omitted in data.get("artifacts_omitted") or []:
-        _status(f"run {run_id}: not kept: {omitted['name']}: {omitted['reason']}")
-
-
-def _print(pieces: list[tuple[str, str]]) -> None:
-    for stream, text in pieces:
-        (sys.stderr if stream == "stderr" else sys.stdout).write(text)
-    sys.stdout.flush()
-
-
-def _status(line: str) -> None:
-    click.echo(f"» {line}", err=True)
 
 
 # --- events -------------------------------------------------------------------
