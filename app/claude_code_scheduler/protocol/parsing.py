@@ -51,6 +51,16 @@ from claude_code_scheduler.protocol.commands import (
     TaskSpec,
     compact_json,
 )
+from claude_code_scheduler.protocol.fields import (
+    check_text,
+    is_integer,
+    json_type,
+    optional,
+    optional_number,
+    optional_text,
+    quote,
+    reject_unknown,
+)
 from claude_code_scheduler.protocol.workspace import parse_mock_files, parse_workspace
 
 _TASK_KEYS = frozenset(
@@ -84,14 +94,6 @@ _TASK_KEYS = frozenset(
 _RETRY_KEYS = frozenset({"max_attempts"})
 _RESUME_KEYS = frozenset({"session_id", "fork"})
 _MOCK_KEYS = frozenset({"duration_seconds", "exit_code", "output_bytes", "write_files"})
-# How much of a value an error message quotes.
-QUOTE_CHARS = 60
-
-
-def quote(value: Any) -> str:
-    """A short, printable, escaped excerpt of `value` for an error message."""
-    text = ascii(value)
-    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
 
 
 def unwrap_body(body: str) -> Any:
@@ -142,7 +144,7 @@ def parse_command(body: str, verify: Callable[[dict[str, Any]], object] | None =
 
 
 def _parse_document(document: dict[str, Any]) -> RunTask:
-    _reject_unknown(
+    reject_unknown(
         document,
         frozenset({"type", "version", "run_id", "task", "signature", "schedule"}),
         "command",
@@ -153,7 +155,7 @@ def _parse_document(document: dict[str, Any]) -> RunTask:
     if document.get("type") != "RunTask":
         raise InvalidCommand(f"type must be 'RunTask', got {quote(document.get('type'))}")
     version = document.get("version")
-    if not _is_integer(version) or version != PROTOCOL_VERSION:
+    if not is_integer(version) or version != PROTOCOL_VERSION:
         raise InvalidCommand(
             f"version {quote(version)} is not supported "
             f"(this node speaks version {PROTOCOL_VERSION})"
@@ -172,7 +174,7 @@ def _firing(value: Any, run_id: str) -> Firing:
     """The `schedule` object of a command a schedule sent (protocol.schedules)."""
     if not isinstance(value, dict):
         raise InvalidCommand("schedule must be an object")
-    _reject_unknown(value, frozenset({"name", "execution_id", "scheduled_time", "arn"}), "schedule")
+    reject_unknown(value, frozenset({"name", "execution_id", "scheduled_time", "arn"}), "schedule")
     fields = {}
     for key in ("name", "execution_id", "scheduled_time", "arn"):
         if not isinstance(value.get(key), str):
@@ -209,20 +211,20 @@ def _is_timestamp(text: str) -> bool:
 
 
 def _parse_task(task: dict[str, Any]) -> TaskSpec:
-    _reject_unknown(task, _TASK_KEYS, "task")
-    prompt = _text(task, "prompt", max_bytes=MAX_ARGUMENT_BYTES)
+    reject_unknown(task, _TASK_KEYS, "task")
+    prompt = optional_text(task, "prompt", max_bytes=MAX_ARGUMENT_BYTES)
     if prompt is None or not prompt.strip():
         raise InvalidCommand("task.prompt must be a non-empty string")
-    permission_mode = _optional(task, "permission_mode", str)
+    permission_mode = optional(task, "permission_mode", str)
     if permission_mode is not None and permission_mode not in PERMISSION_MODES:
         raise InvalidCommand(
             f"task.permission_mode must be one of {', '.join(PERMISSION_MODES)}; "
             f"got {quote(permission_mode)}"
         )
-    max_turns = _optional(task, "max_turns", int)
+    max_turns = optional(task, "max_turns", int)
     if max_turns is not None and max_turns < 1:
         raise InvalidCommand("task.max_turns must be at least 1")
-    timeout = _optional_number(task, "timeout_seconds")
+    timeout = optional_number(task, "timeout_seconds")
     if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_SECONDS:
         raise InvalidCommand(
             f"task.timeout_seconds must be above 0 and at most {MAX_TIMEOUT_SECONDS}"
@@ -231,8 +233,8 @@ def _parse_task(task: dict[str, Any]) -> TaskSpec:
     secrets = _secrets(task, env)
     return TaskSpec(
         prompt=prompt,
-        name=_text(task, "name", max_chars=MAX_LABEL_CHARS),
-        task_id=_text(task, "task_id", max_chars=MAX_LABEL_CHARS),
+        name=optional_text(task, "name", max_chars=MAX_LABEL_CHARS),
+        task_id=optional_text(task, "task_id", max_chars=MAX_LABEL_CHARS),
         model=_model(task),
         permission_mode=permission_mode,
         allowed_tools=_tool_list(task, "allowed_tools"),
@@ -247,8 +249,10 @@ def _parse_task(task: dict[str, Any]) -> TaskSpec:
             parse_workspace(task["workspace"], {*env, *secrets}) if "workspace" in task else None
         ),
         max_budget_usd=_budget(task),
-        system_prompt=_text(task, "system_prompt", max_bytes=MAX_ARGUMENT_BYTES),
-        append_system_prompt=_text(task, "append_system_prompt", max_bytes=MAX_ARGUMENT_BYTES),
+        system_prompt=optional_text(task, "system_prompt", max_bytes=MAX_ARGUMENT_BYTES),
+        append_system_prompt=optional_text(
+            task, "append_system_prompt", max_bytes=MAX_ARGUMENT_BYTES
+        ),
         json_schema=_json_argument(task, "json_schema"),
         mcp_servers=_mcp_servers(task),
         fallback_model=_fallback_model(task),
@@ -263,7 +267,7 @@ def _parse_task(task: dict[str, Any]) -> TaskSpec:
 
 
 def _budget(task: dict[str, Any]) -> float | None:
-    budget = _optional_number(task, "max_budget_usd")
+    budget = optional_number(task, "max_budget_usd")
     if budget is not None and not 0 < budget <= MAX_BUDGET_USD:
         raise InvalidCommand(
             f"task.max_budget_usd must be a positive number of US dollars, at most {MAX_BUDGET_USD}"
@@ -272,7 +276,7 @@ def _budget(task: dict[str, Any]) -> float | None:
 
 
 def _effort(task: dict[str, Any]) -> str | None:
-    effort: str | None = _optional(task, "effort", str)
+    effort: str | None = optional(task, "effort", str)
     if effort is not None and effort not in EFFORT_LEVELS:
         raise InvalidCommand(
             f"task.effort must be one of {', '.join(EFFORT_LEVELS)}; got {quote(effort)}"
@@ -283,7 +287,7 @@ def _effort(task: dict[str, Any]) -> str | None:
 def _fallback_model(task: dict[str, Any]) -> str | None:
     """One model name, or several separated by commas (the CLI's --fallback-model
     takes a list), each a model name as task.model is."""
-    value = _text(task, "fallback_model", max_chars=MAX_LABEL_CHARS)
+    value = optional_text(task, "fallback_model", max_chars=MAX_LABEL_CHARS)
     if value is None:
         return None
     if not all(MODEL_PATTERN.fullmatch(name) for name in value.split(",")):
@@ -301,7 +305,7 @@ def _json_argument(task: dict[str, Any], key: str, *, reserved: int = 0) -> dict
         return None
     value = task[key]
     if not isinstance(value, dict):
-        raise InvalidCommand(f"task.{key} must be an object, got {_json_type(value)}")
+        raise InvalidCommand(f"task.{key} must be an object, got {json_type(value)}")
     try:
         size = len(compact_json(value))
     except RecursionError:
@@ -321,7 +325,7 @@ def _mcp_servers(task: dict[str, Any]) -> dict[str, Any] | None:
         if not isinstance(config, dict):
             raise InvalidCommand(
                 f"task.mcp_servers[{quote(name)}] must be an object (a server's config), "
-                f"got {_json_type(config)}"
+                f"got {json_type(config)}"
             )
     return servers
 
@@ -331,11 +335,11 @@ def _retry(task: dict[str, Any]) -> RetrySpec | None:
         return None
     value = task["retry"]
     if not isinstance(value, dict):
-        raise InvalidCommand(f"task.retry must be an object, got {_json_type(value)}")
-    _reject_unknown(value, _RETRY_KEYS, "task.retry")
+        raise InvalidCommand(f"task.retry must be an object, got {json_type(value)}")
+    reject_unknown(value, _RETRY_KEYS, "task.retry")
     if "max_attempts" not in value:
         raise InvalidCommand("task.retry must have max_attempts")
-    attempts: int = _optional(value, "max_attempts", int, "task.retry")
+    attempts: int = optional(value, "max_attempts", int, "task.retry")
     if not 1 <= attempts <= MAX_RETRY_ATTEMPTS:
         raise InvalidCommand(f"task.retry.max_attempts must be from 1 to {MAX_RETRY_ATTEMPTS}")
     return RetrySpec(max_attempts=attempts)
@@ -346,9 +350,9 @@ def _resume(task: dict[str, Any]) -> ResumeSpec | None:
         return None
     value = task["resume"]
     if not isinstance(value, dict):
-        raise InvalidCommand(f"task.resume must be an object, got {_json_type(value)}")
-    _reject_unknown(value, _RESUME_KEYS, "task.resume")
-    session_id = _optional(value, "session_id", str, "task.resume")
+        raise InvalidCommand(f"task.resume must be an object, got {json_type(value)}")
+    reject_unknown(value, _RESUME_KEYS, "task.resume")
+    session_id = optional(value, "session_id", str, "task.resume")
     if session_id is None:
         raise InvalidCommand("task.resume must have session_id")
     if not SESSION_ID_PATTERN.fullmatch(session_id):
@@ -357,48 +361,15 @@ def _resume(task: dict[str, Any]) -> ResumeSpec | None:
         )
     fork = value.get("fork", False)
     if not isinstance(fork, bool):
-        raise InvalidCommand(f"task.resume.fork must be a boolean, got {_json_type(fork)}")
+        raise InvalidCommand(f"task.resume.fork must be a boolean, got {json_type(fork)}")
     return ResumeSpec(session_id=session_id, fork=fork)
 
 
 # --- text ------------------------------------------------------------------------
 
 
-def _text(
-    obj: dict[str, Any],
-    key: str,
-    *,
-    max_chars: int | None = None,
-    max_bytes: int | None = None,
-    where: str = "task",
-) -> str | None:
-    """An optional string field that a process can be given (see the top)."""
-    value: str | None = _optional(obj, key, str, where)
-    if value is not None:
-        _check_text(value, f"{where}.{key}", max_chars=max_chars, max_bytes=max_bytes)
-    return value
-
-
-def _check_text(
-    value: str, what: str, *, max_chars: int | None = None, max_bytes: int | None = None
-) -> None:
-    if "\x00" in value:
-        raise InvalidCommand(f"{what} must not contain a NUL character")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidCommand(f"{what} must not contain a lone surrogate") from None
-    if max_chars is not None and len(value) > max_chars:
-        raise InvalidCommand(f"{what} must be at most {max_chars} characters, got {len(value)}")
-    if max_bytes is not None and size > max_bytes:
-        raise InvalidCommand(
-            f"{what} must be at most {max_bytes} bytes of UTF-8 (the kernel's limit on one "
-            f"argument of a process), got {size}"
-        )
-
-
 def _model(task: dict[str, Any]) -> str | None:
-    model = _text(task, "model", max_chars=MAX_LABEL_CHARS)
+    model = optional_text(task, "model", max_chars=MAX_LABEL_CHARS)
     if model is not None and not model.strip():
         raise InvalidCommand("task.model must not be empty")
     if model is not None and not MODEL_PATTERN.fullmatch(model):
@@ -417,7 +388,7 @@ def _tool_list(task: dict[str, Any], key: str) -> tuple[str, ...]:
         raise InvalidCommand(f"task.{key} must be a list of non-empty strings")
     for index, pattern in enumerate(value):
         what = f"task.{key}[{index}]"
-        _check_text(pattern, what, max_chars=MAX_TOOL_PATTERN_CHARS)
+        check_text(pattern, what, max_chars=MAX_TOOL_PATTERN_CHARS)
         if not TOOL_PATTERN.fullmatch(pattern):
             # The CLI would read "-..." as a flag of its own.
             raise InvalidCommand(
@@ -440,7 +411,7 @@ def _artifact_patterns(task: dict[str, Any]) -> tuple[str, ...]:
         raise InvalidCommand(f"task.artifacts may hold at most {MAX_ARTIFACT_PATTERNS} patterns")
     for index, pattern in enumerate(value):
         what = f"task.artifacts[{index}]"
-        _check_text(pattern, what, max_chars=MAX_ARTIFACT_PATTERN_CHARS)
+        check_text(pattern, what, max_chars=MAX_ARTIFACT_PATTERN_CHARS)
         if any(ord(char) < 0x20 or char == "\x7f" for char in pattern):
             raise InvalidCommand(f"{what} must not contain control characters")
         if pattern.startswith("/"):
@@ -461,7 +432,7 @@ def _env(task: dict[str, Any]) -> dict[str, str]:
         if not isinstance(item, str):
             # Name the variable, never its value: env values may be secrets.
             raise InvalidCommand(f"task.env[{quote(name)}] must be a string")
-        _check_text(item, f"task.env[{quote(name)}]", max_bytes=MAX_ARGUMENT_BYTES - len(name) - 1)
+        check_text(item, f"task.env[{quote(name)}]", max_bytes=MAX_ARGUMENT_BYTES - len(name) - 1)
     return dict(value)
 
 
@@ -490,7 +461,7 @@ def _secrets(task: dict[str, Any], env: dict[str, str]) -> dict[str, SecretRef]:
         if name in env:
             raise InvalidCommand(f"{quote(name)} is in both task.env and task.secrets")
         if not isinstance(item, str):
-            raise InvalidCommand(f"{what} must be a string, got {_json_type(item)}")
+            raise InvalidCommand(f"{what} must be a string, got {json_type(item)}")
         try:
             refs[name] = parse_secret_ref(item)
         except ValueError:
@@ -504,66 +475,16 @@ def _secrets(task: dict[str, Any], env: dict[str, str]) -> dict[str, SecretRef]:
 # --- shapes ----------------------------------------------------------------------
 
 
-def _reject_unknown(obj: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        named = ", ".join(quote(name) for name in unknown[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise InvalidCommand(f"{where} has unknown field(s): {named}{more}")
-
-
-def _optional(obj: dict[str, Any], key: str, kind: type[Any], where: str = "task") -> Any:
-    """An optional field: absent is None; present, it must have the right type
-    (null is not absent, as in the schema)."""
-    if key not in obj:
-        return None
-    value = obj[key]
-    if kind is str and isinstance(value, str):
-        return value
-    if kind is int and _is_integer(value):
-        return int(value)
-    raise InvalidCommand(f"{where}.{key} must be {_kind_name(kind)}, got {_json_type(value)}")
-
-
-def _is_integer(value: Any) -> bool:
-    # JSON Schema counts 3.0 as an integer; bool is an int in Python but
-    # `"max_turns": true` is not a number of turns.
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-
-
-def _json_type(value: Any) -> str:
-    names = {type(None): "null", bool: "a boolean", str: "a string", list: "an array"}
-    return names.get(type(value), "an object" if isinstance(value, dict) else "a number")
-
-
-def _optional_number(obj: dict[str, Any], key: str, where: str = "task") -> float | None:
-    if key not in obj:
-        return None
-    value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidCommand(f"{where}.{key} must be a number, got {_json_type(value)}")
-    try:
-        return float(value)
-    except OverflowError:  # an integer of hundreds of digits
-        raise InvalidCommand(f"{where}.{key} is out of range") from None
-
-
-def _kind_name(kind: type[Any]) -> str:
-    return {str: "a string", int: "an integer"}.get(kind, kind.__name__)
-
-
 def _mock(task: dict[str, Any]) -> MockSpec:
     if "mock" not in task:
         return MockSpec()
     value = task["mock"]
     if not isinstance(value, dict):
         raise InvalidCommand("task.mock must be an object")
-    _reject_unknown(value, _MOCK_KEYS, "task.mock")
-    duration = _optional_number(value, "duration_seconds", "task.mock")
-    exit_code = _optional(value, "exit_code", int, "task.mock")
-    output_bytes = _optional(value, "output_bytes", int, "task.mock")
+    reject_unknown(value, _MOCK_KEYS, "task.mock")
+    duration = optional_number(value, "duration_seconds", "task.mock")
+    exit_code = optional(value, "exit_code", int, "task.mock")
+    output_bytes = optional(value, "output_bytes", int, "task.mock")
     spec = MockSpec(
         duration_seconds=1.0 if duration is None else duration,
         exit_code=0 if exit_code is None else exit_code,

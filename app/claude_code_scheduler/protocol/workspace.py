@@ -23,6 +23,7 @@ from claude_code_scheduler.protocol.commands import (
     MAX_MOCK_PATH_CHARS,
     InvalidCommand,
 )
+from claude_code_scheduler.protocol.fields import check_text, quote, reject_unknown
 
 # Transports git may use for the clone; submodules get the same list
 # (GIT_ALLOW_PROTOCOL), so a .gitmodules cannot reach ext:: or fd::.
@@ -166,11 +167,11 @@ def _archive(uri: Any) -> ArchiveWorkspace:
     what = "task.workspace.s3"
     if not isinstance(uri, str):
         raise InvalidCommand(f"{what} must be a string s3://bucket/key")
-    _check_text(uri, what)
+    check_text(uri, what)
     match = ARCHIVE_PATTERN.match(uri)
     if match is None:
         raise InvalidCommand(
-            f"{what} {_quote(uri)} is not s3://bucket/key with a key of at most 1024 "
+            f"{what} {quote(uri)} is not s3://bucket/key with a key of at most 1024 "
             f"characters ending {', '.join(ARCHIVE_SUFFIXES)}"
         )
     return ArchiveWorkspace(bucket=match.group(1), key=match.group(2))
@@ -186,7 +187,7 @@ def _git(git: Any, variable_names: Collection[str]) -> GitWorkspace:
     ref = _string(git, "ref", where, MAX_REF_CHARS)
     if ref is not None and not REF_PATTERN.match(ref):
         raise InvalidCommand(
-            f"{where}.ref {_quote(ref)} is not a git ref name or commit (no leading '-', "
+            f"{where}.ref {quote(ref)} is not a git ref name or commit (no leading '-', "
             "no spaces or control characters)"
         )
     depth = git.get("depth", 1)
@@ -221,7 +222,7 @@ def check_url(url: str) -> None:
             "in credentials.password_from (and the user in credentials.username)"
         )
     raise InvalidCommand(
-        f"{what} {_quote(url)} is not an https://, http://, ssh://, git:// or file:/// URL "
+        f"{what} {quote(url)} is not an https://, http://, ssh://, git:// or file:/// URL "
         "with a host (file: none), nor user@host:path"
     )
 
@@ -249,7 +250,7 @@ def _credentials(
     for key, name in names.items():
         if name is not None and name not in variable_names:
             raise InvalidCommand(
-                f"{where}.{key} {_quote(name)} must name a variable in task.env or task.secrets"
+                f"{where}.{key} {quote(name)} must name a variable in task.env or task.secrets"
             )
     over_ssh = scheme in ("ssh", "scp")
     if names["password_from"] is not None and scheme not in ("http", "https"):
@@ -269,7 +270,7 @@ def _push(git: dict[str, Any]) -> PushSpec | None:
     branch = _string(value, "branch", where, MAX_REF_CHARS)
     if branch is not None and not REF_PATTERN.match(branch):
         raise InvalidCommand(
-            f"{where}.branch {_quote(branch)} is not a valid git branch name "
+            f"{where}.branch {quote(branch)} is not a valid git branch name "
             "(git check-ref-format, and no leading '-')"
         )
     message = _string(value, "message", where, MAX_COMMIT_MESSAGE_CHARS)
@@ -290,10 +291,10 @@ def parse_mock_files(value: Any) -> dict[str, str]:
     if len(value) > MAX_MOCK_FILES:
         raise InvalidCommand(f"{where} may hold at most {MAX_MOCK_FILES} files")
     for path in value:
-        _check_text(path, f"{where} path")
+        check_text(path, f"{where} path")
         if len(path) > MAX_MOCK_PATH_CHARS or not MOCK_PATH_PATTERN.match(path):
             raise InvalidCommand(
-                f"{where} path {_quote(path)} must be relative, without '.', '..' or empty "
+                f"{where} path {quote(path)} must be relative, without '.', '..' or empty "
                 f"parts or control characters, at most {MAX_MOCK_PATH_CHARS} characters"
             )
         _string(value, path, where, MAX_MOCK_FILE_CHARS)
@@ -307,9 +308,7 @@ def parse_mock_files(value: Any) -> dict[str, str]:
 def _object(value: Any, where: str, allowed: frozenset[str]) -> None:
     if not isinstance(value, dict):
         raise InvalidCommand(f"{where} must be an object")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise InvalidCommand(f"{where} has unknown field(s): {', '.join(map(_quote, unknown[:5]))}")
+    reject_unknown(value, allowed, where)
 
 
 def _string(obj: dict[str, Any], key: str, where: str, max_chars: int) -> str | None:
@@ -318,16 +317,10 @@ def _string(obj: dict[str, Any], key: str, where: str, max_chars: int) -> str | 
     value = obj[key]
     if not isinstance(value, str):
         raise InvalidCommand(f"{where}.{key} must be a string")
-    _check_text(value, f"{where}.{_quote(key)[1:-1]}")
+    check_text(value, f"{where}.{quote(key)[1:-1]}")
     if len(value) > max_chars:
         raise InvalidCommand(f"{where}.{key} must be at most {max_chars} characters")
     return value
-
-
-def _check_text(value: str, what: str) -> None:
-    """Text a process can be given, as task.prompt must be (protocol.parsing)."""
-    if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise InvalidCommand(f"{what} must not contain a NUL or a lone surrogate")
 
 
 def _flag(obj: dict[str, Any], key: str, where: str) -> bool:
@@ -335,8 +328,3 @@ def _flag(obj: dict[str, Any], key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidCommand(f"{where}.{key} must be a boolean")
     return value
-
-
-def _quote(value: Any) -> str:
-    text = ascii(value)
-    return text if len(text) <= 60 else text[:57] + "..."
