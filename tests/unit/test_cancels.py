@@ -25,11 +25,12 @@ from unit_support import (
 from claude_code_scheduler.aws.cancels import CancelRequest
 from claude_code_scheduler.aws.names import parse_secret_ref
 from claude_code_scheduler.node.cancels import CancelWatcher
+from claude_code_scheduler.node.control import RunControl
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending, MessageAction, MessageLifecycle
 from claude_code_scheduler.node.outcome import RunEnd, RunOutcome, cancelled, conclude
 from claude_code_scheduler.node.process.supervisor import ProcessResult
-from claude_code_scheduler.node.runs import RunControl, TaskRun
+from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.node.workspace.steps import WorkspaceSteps
 from claude_code_scheduler.protocol import MockSpec, RunTask, TaskSpec
 from claude_code_scheduler.protocol.events import ErrorType

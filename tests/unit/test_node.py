@@ -28,12 +28,12 @@ from unit_support import (
 
 from claude_code_scheduler.aws.queue import ReceivedMessage
 from claude_code_scheduler.node import worker as node_module
+from claude_code_scheduler.node.control import RunControl, RunSettler
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending
 from claude_code_scheduler.node.outbox import EventSink
 from claude_code_scheduler.node.outcome import RunOutcome
 from claude_code_scheduler.node.retries import RetryPolicy
-from claude_code_scheduler.node.runs import RunControl, RunSettler
 from claude_code_scheduler.node.worker import Node, receive_backoff
 from claude_code_scheduler.protocol import RunTask
 from claude_code_scheduler.protocol.events import (

@@ -42,12 +42,13 @@ from claude_code_scheduler.client.records import (
     scan,
 )
 from claude_code_scheduler.errors import ConfigError
+from claude_code_scheduler.node.control import RunControl
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import MessageLifecycle
 from claude_code_scheduler.node.outcome import RunOutcome
 from claude_code_scheduler.node.process.mockcli import MOCK_COST_USD
 from claude_code_scheduler.node.records import encode_record, store_record
-from claude_code_scheduler.node.runs import RunControl, TaskRun
+from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.protocol import MockSpec, RunTask, TaskSpec
 from claude_code_scheduler.protocol.commands import Firing
 

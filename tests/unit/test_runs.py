@@ -26,11 +26,12 @@ from unit_support import (
 )
 
 from claude_code_scheduler import logsetup
+from claude_code_scheduler.node.control import RunControl
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending, MessageAction, MessageLifecycle
 from claude_code_scheduler.node.outbox import Delivery
 from claude_code_scheduler.node.outcome import RunOutcome
-from claude_code_scheduler.node.runs import RunControl, TaskRun
+from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.protocol import MockSpec, RunTask, TaskSpec
 from claude_code_scheduler.protocol.events import Event
 

@@ -27,10 +27,11 @@ from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
 from claude_code_scheduler.aws.secrets import SecretMissingValue
 from claude_code_scheduler.client.tasks import build_command
 from claude_code_scheduler.errors import ConfigError
+from claude_code_scheduler.node.control import RunControl
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending, MessageLifecycle
 from claude_code_scheduler.node.outcome import RunOutcome
-from claude_code_scheduler.node.runs import RunControl, TaskRun
+from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.node.secrets import SecretError, SecretResolver
 from claude_code_scheduler.protocol import MockSpec, RunTask, TaskSpec
 from claude_code_scheduler.redaction import MARKER

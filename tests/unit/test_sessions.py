@@ -22,12 +22,13 @@ from claude_code_scheduler.aws.objects import DownloadStopped, ObjectTooLarge
 from claude_code_scheduler.node.artifacts import TRANSCRIPT_NAME, ArtifactLimits
 from claude_code_scheduler.node.artifacts.collect import store
 from claude_code_scheduler.node.artifacts.staging import Staging
+from claude_code_scheduler.node.control import RunControl
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending, MessageLifecycle
 from claude_code_scheduler.node.outcome import unresolved
 from claude_code_scheduler.node.process.environment import RunDirs
 from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity
-from claude_code_scheduler.node.runs import RunControl, TaskRun
+from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.node.sessions import (
     MAX_POINTER_BYTES,
     SessionError,

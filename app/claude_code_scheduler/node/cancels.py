@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 import botocore.exceptions
 
 from claude_code_scheduler.aws.errors import error_code
-from claude_code_scheduler.node.runs import CancelLookup, RunControl
+from claude_code_scheduler.node.control import CancelLookup, RunControl
 
 log = logging.getLogger(__name__)
 

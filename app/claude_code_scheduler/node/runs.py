@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import botocore.exceptions
 
@@ -42,9 +40,9 @@ from claude_code_scheduler.node.artifacts.collect import (
 )
 from claude_code_scheduler.node.artifacts.staging import Staging
 from claude_code_scheduler.node.config import NodeConfig, log_key
-from claude_code_scheduler.node.messages import Ending
+from claude_code_scheduler.node.control import CancelLookup, RunControl, RunSettler
 from claude_code_scheduler.node.metrics import METRICS
-from claude_code_scheduler.node.outbox import Delivery, EventSink
+from claude_code_scheduler.node.outbox import EventSink
 from claude_code_scheduler.node.outcome import (
     RunEnd,
     RunOutcome,
@@ -74,60 +72,6 @@ from claude_code_scheduler.protocol.events import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class RunSettler(Protocol):
-    """What a run tells the message lifecycle (messages.MessageLifecycle)."""
-
-    def run_ended(self, run_id: str, ending: Ending, delivery: Delivery) -> None: ...
-
-
-class CancelLookup(Protocol):
-    """Whether an operator asked for a run to stop (aws.cancels.CancelStore)."""
-
-    def lookup(self, run_id: str) -> CancelRequest | None: ...
-
-
-class _Relayed(threading.Event):
-    """An Event that, once set, also sets `also`: RunControl's `stopping`."""
-
-    def __init__(self, also: threading.Event) -> None:
-        super().__init__()
-        self._also = also
-
-    def set(self) -> None:
-        super().set()
-        self._also.set()
-
-
-@dataclass
-class RunControl:
-    """What the node can do to a run from outside: stop it for a shutdown
-    (`cancel`: handed back), stop it for an operator's cancel
-    (`request_cancel`: Cancelled), and give up on retrying its log upload and
-    output when the stop budget is spent.
-
-    `stopping` is set by either stop: what the run's waits before and around
-    its CLI (secrets, session, workspace, a slow bus) are interrupted by. The
-    CLI itself tells the two apart (node.process.supervisor)."""
-
-    stopping: threading.Event = field(default_factory=threading.Event)
-    cancel: threading.Event = field(init=False)
-    interrupt: threading.Event = field(init=False)
-    give_up: threading.Event = field(default_factory=threading.Event)
-    # The operator's request, set before `interrupt` so that whoever sees
-    # the interrupt finds it.
-    cancel_request: CancelRequest | None = None
-
-    def __post_init__(self) -> None:
-        self.cancel = _Relayed(self.stopping)
-        self.interrupt = _Relayed(self.stopping)
-
-    def request_cancel(self, request: CancelRequest) -> None:
-        """Called by the cancel watcher's thread; only sets, never waits."""
-        if self.cancel_request is None:
-            self.cancel_request = request
-        self.interrupt.set()
 
 
 class TaskRun:
@@ -321,12 +265,17 @@ class TaskRun:
             keep_aws_credentials=self._config.pass_aws_credentials,
             claude_max_retries=self._config.claude_max_retries,
         )
+        # git's and the workspace programs': the run's environment without the
+        # task's variables (git gets its credentials its own way).
+        tool_env = child_environment(
+            self._environ, {}, run_marker=marker, dirs=dirs, identity=self._identity
+        )
         tracker = ResultTracker()
         try:
             with open_spool(spool) as log_file:
                 batcher = OutputBatcher(self._emit_output)
                 recorder = OutputRecorder(log_file, batcher, self._redactor)
-                runner = self._child_runner(dirs, recorder, marker)
+                runner = self._child_runner(dirs, recorder, marker, tool_env)
                 self._restore_session(dirs, runner)
                 stopped = self._workspace.prepare(runner)
                 if stopped is not None:
@@ -355,7 +304,7 @@ class TaskRun:
                 )
                 return self._workspace.push_work(runner, process, completed), tracker.result
         finally:
-            self._collect_artifacts(marker, dirs, tracker.result)
+            self._collect_artifacts(marker, dirs, tool_env, tracker.result)
             self._clear_slot(marker, dirs)
 
     def _restore_session(self, dirs: RunDirs, runner: ChildRunner) -> None:
@@ -374,15 +323,14 @@ class TaskRun:
         )
         runner.say(restored.describe())
 
-    def _child_runner(self, dirs: RunDirs, recorder: OutputRecorder, marker: str) -> ChildRunner:
+    def _child_runner(
+        self, dirs: RunDirs, recorder: OutputRecorder, marker: str, env: dict[str, str]
+    ) -> ChildRunner:
         """How the workspace's programs run: as the run, in its folder and log,
-        within its timeout; with the run's environment without the task's
-        variables (git gets its credentials its own way)."""
+        within its timeout, with `env`."""
         return ChildRunner(
             cwd=dirs.cwd,
-            env=child_environment(
-                self._environ, {}, run_marker=marker, dirs=dirs, identity=self._identity
-            ),
+            env=env,
             recorder=recorder,
             identity=self._identity,
             time_left=self._time_left,
@@ -394,7 +342,11 @@ class TaskRun:
         )
 
     def _collect_artifacts(
-        self, marker: str, dirs: RunDirs, result_line: dict[str, Any] | None
+        self,
+        marker: str,
+        dirs: RunDirs,
+        tool_env: dict[str, str],
+        result_line: dict[str, Any] | None,
     ) -> None:
         """What the run made, copied out of its folder redacted before the
         folder goes, whatever the run's end: partial work is what an operator
@@ -407,10 +359,7 @@ class TaskRun:
             run_id=self.run_id,
             dirs=dirs,
             identity=self._identity,
-            # git's: the run's environment without the task's variables.
-            env=child_environment(
-                self._environ, {}, run_marker=marker, dirs=dirs, identity=self._identity
-            ),
+            env=tool_env,
             patterns=task.artifacts,
             base_commit=self._workspace.commit,
             session_id=session_id if isinstance(session_id, str) else None,

@@ -55,6 +55,7 @@ from claude_code_scheduler.errors import ConfigError
 from claude_code_scheduler.node import health
 from claude_code_scheduler.node.cancels import CANCEL_POLL_SECONDS, CancelWatcher
 from claude_code_scheduler.node.config import NodeConfig
+from claude_code_scheduler.node.control import CancelLookup, RunControl
 from claude_code_scheduler.node.http import StatusServer
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Admission, CommandVerifier, MessageLifecycle
@@ -63,7 +64,7 @@ from claude_code_scheduler.node.outbox import EventSink
 from claude_code_scheduler.node.process import reaper
 from claude_code_scheduler.node.process.isolation import IsolationPolicy
 from claude_code_scheduler.node.retries import RetryPolicy
-from claude_code_scheduler.node.runs import CancelLookup, RunControl, TaskRun
+from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.node.shutdown import (
     FINAL_PUBLISH_SECONDS,
     FINAL_WRITES_SECONDS,
