@@ -26,7 +26,7 @@ Environment:
                             instance (default <repo>/.cache/localstack-run/default);
                             give each concurrent instance its own
   LOCALSTACK_PORT           the port to listen on, on 127.0.0.1 (default: a free one)
-  LOCALSTACK_SERVICES       default sqs,sns,s3,cloudformation,iam,sts,kms,cloudwatch
+  LOCALSTACK_SERVICES       default sqs,sns,s3,cloudformation,iam,sts,kms,cloudwatch,scheduler
   LOCALSTACK_GATEWAY_SERVER twisted (LocalStack's default) or hypercorn
   LOCALSTACK_START_TIMEOUT  seconds to wait for health (default 90)
   LOCALSTACK_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default 20)
@@ -92,7 +92,8 @@ REQUIREMENTS = (
 )
 # kms: messaging.yaml encrypts its topics with a key of its own.
 # cloudwatch: alarms.yaml (tests/localstack/test_alarms_stack.py).
-DEFAULT_SERVICES = "sqs,sns,s3,cloudformation,iam,sts,kms,cloudwatch"
+# scheduler: schedules.yaml's group (tests/localstack/test_schedules_stack.py).
+DEFAULT_SERVICES = "sqs,sns,s3,cloudformation,iam,sts,kms,cloudwatch,scheduler"
 # What `start` waits for; iam and sts answer as soon as the gateway does.
 HEALTH_SERVICES = ("sqs", "sns", "s3", "cloudformation")
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ PACKAGE_ROOT = support.REPO / "app"
 PACKAGE = PACKAGE_ROOT / "claude_code_scheduler"
 # The services the package has clients for (aws/clients.py), by the names the
 # code gives them: `self._sqs`, `clients.sqs`, `sqs`.
-SERVICES = ("sqs", "sns", "s3", "secretsmanager", "ssm", "sts")
+SERVICES = ("sqs", "sns", "s3", "secretsmanager", "ssm", "sts", "scheduler")
 CLIENT_NAMES = {f"{p}{s}": s for s in SERVICES for p in ("", "_")} | {"sqs_leases": "sqs"}
 # boto3 calls that need other IAM actions than their own name.
 SPECIAL_CALLS = {
@@ -46,6 +46,11 @@ SPECIAL_CALLS = {
     ("s3", "download_file"): {"s3:GetObject"},
     # ListObjectsV2 is governed by s3:ListBucket, on the bucket (`runs`).
     ("s3", "list_objects_v2"): {"s3:ListBucket"},
+    # A schedule names its execution role, which the caller passes to the
+    # service ("CreateSchedule ... iam:PassRole" in the Service Authorization
+    # Reference); UpdateSchedule sends the role again.
+    ("scheduler", "create_schedule"): {"scheduler:CreateSchedule", "iam:PassRole"},
+    ("scheduler", "update_schedule"): {"scheduler:UpdateSchedule", "iam:PassRole"},
 }
 # Receivers whose methods share a name with an operation but are the
 # package's own adapters, each of which makes its calls through a client the
@@ -208,9 +213,10 @@ def node_actions() -> set[str]:
 
 
 def operator_entries() -> list[str]:
+    """Every module under client/, sub-packages (schedules/, dashboard/) too."""
     return [
-        f"claude_code_scheduler.client.{path.stem}"
-        for path in sorted((PACKAGE / "client").glob("*.py"))
+        "claude_code_scheduler." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        for path in sorted((PACKAGE / "client").rglob("*.py"))
         if path.stem != "__init__"
     ]
 
@@ -281,7 +287,9 @@ def test_no_policy_hard_codes_a_partition_or_wildcards_an_account() -> None:
                     continue  # only where the action has no resource-level permissions
                 assert arn.startswith("arn:${Partition}:"), (path.name, arn)
                 fields = arn.split(":")
-                if fields[2] != "s3":
+                if fields[2] == "iam":  # global: no region in its ARNs
+                    assert fields[3:5] == ["", "${AccountId}"], (path.name, arn)
+                elif fields[2] != "s3":
                     assert fields[3:5] == ["${Region}", "${AccountId}"], (path.name, arn)
 
 

@@ -27,6 +27,7 @@ from claude_code_scheduler.errors import ConfigError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_scheduler import EventBridgeSchedulerClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
@@ -108,6 +109,10 @@ LOOKUP_CALLS = CallBounds(connect=2.0, read=3.0, attempts=1)
 # sts:GetCallerIdentity, once per `cancel` to name who asks: a small answer,
 # and the caller names user@host instead when it fails, so a short try.
 IDENTITY_CALLS = CallBounds(connect=3.0, read=5.0, attempts=2)
+# EventBridge Scheduler's schedule calls (`schedule` and its subcommands):
+# small answers, made from a terminal, so a slow one may take its standard 3
+# attempts.
+SCHEDULER_CALLS = CallBounds(connect=3.0, read=10.0, attempts=3)
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,16 @@ def make_identity_client(
     """An STS client for GetCallerIdentity, which needs no IAM permission
     (and is typed Any: the package ships no STS stubs)."""
     return _client(_session(region, profile), "sts", IDENTITY_CALLS.config(), endpoint_url)
+
+
+def make_scheduler_client(
+    *, region: str, profile: str | None = None, endpoint_url: str | None = None
+) -> EventBridgeSchedulerClient:
+    """The EventBridge Scheduler client of the `schedule` commands."""
+    client: EventBridgeSchedulerClient = _client(
+        _session(region, profile), "scheduler", SCHEDULER_CALLS.config(), endpoint_url
+    )
+    return client
 
 
 def make_node_clients(
