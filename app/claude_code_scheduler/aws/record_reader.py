@@ -10,10 +10,12 @@ commands import this module: the node writes records, it never lists them.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectTypeDef
 
 # ListObjectsV2 returns at most 1,000 keys per page (the S3 API reference,
 # ListObjectsV2 MaxKeys).
@@ -37,6 +39,16 @@ class RecordReader:
 
     def keys(self, prefix: str) -> Iterator[str]:
         """Every key under `prefix`, a page at a time (never the whole list in memory)."""
+        for item in self._items(prefix):
+            yield item["Key"]
+
+    def listing(self, prefix: str) -> Iterator[tuple[str, datetime]]:
+        """Every key under `prefix` with its LastModified (the dashboard reads
+        the newest records first), a page at a time."""
+        for item in self._items(prefix):
+            yield item["Key"], item["LastModified"]
+
+    def _items(self, prefix: str) -> Iterator[ObjectTypeDef]:
         token: str | None = None
         while True:
             if token is None:
@@ -50,8 +62,7 @@ class RecordReader:
                     MaxKeys=MAX_KEYS_PER_PAGE,
                     ContinuationToken=token,
                 )
-            for item in page.get("Contents", []):
-                yield item["Key"]
+            yield from page.get("Contents", [])
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return

@@ -161,7 +161,7 @@ def scan(
             keys = (key for key in reader.keys(prefix) if wanted_key(key))
             while page := list(islice(keys, MAX_KEYS_PER_PAGE)):
                 for key, record in zip(
-                    page, pool.map(lambda k: _fetch(reader, k), page), strict=True
+                    page, pool.map(lambda k: fetch_record(reader, k), page), strict=True
                 ):
                     counts.read += 1
                     if counts.read % PROGRESS_EVERY == 0:
@@ -172,7 +172,7 @@ def scan(
                     yield record
 
 
-def _fetch(reader: RecordReader, key: str) -> dict[str, Any] | None:
+def fetch_record(reader: RecordReader, key: str) -> dict[str, Any] | None:
     """A record, or None when it is gone, too large, or not one of ours."""
     try:
         record = json.loads(reader.read(key))
