@@ -99,6 +99,9 @@ def messaging_name(logical_id: str) -> str:
     return resource_name(support.MESSAGING, logical_id)
 
 
+SCHEDULES = support.REPO / "deploy" / "cloudformation" / "schedules.yaml"
+
+
 def test_every_required_alarm_is_there(
     alarms: dict[str, dict[str, Any]], template: dict[str, Any]
 ) -> None:
@@ -138,6 +141,7 @@ def test_aws_alarms_watch_the_resources_the_stacks_create(
             "QueueName": {
                 messaging_name("NodeQueue"),
                 messaging_name("NodeDeadLetterQueue"),
+                resource_name(SCHEDULES, "DeadLetterQueue"),
             }
         },
         "AWS/SNS": {
@@ -160,16 +164,19 @@ def test_aws_alarms_watch_the_resources_the_stacks_create(
     assert seen == expected
 
 
-def test_the_dead_letter_alarm_watches_the_node_queues_dlq(
+def test_the_dead_letter_alarms_watch_the_node_queues_and_the_schedules_dlqs(
     alarms: dict[str, dict[str, Any]], template: dict[str, Any]
 ) -> None:
-    (dims,) = [
-        d
-        for alarm in alarms.values()
+    watching = {
+        logical_id: d["QueueName"]
+        for logical_id, alarm in alarms.items()
         for _, metric, d in watched(alarm, template)
         if metric == "ApproximateNumberOfMessagesVisible"
-    ]
-    assert dims["QueueName"] == messaging_name("NodeDeadLetterQueue")
+    }
+    assert watching == {
+        "DeadLetterQueueNotEmpty": messaging_name("NodeDeadLetterQueue"),
+        "SchedulerDeadLetters": resource_name(SCHEDULES, "DeadLetterQueue"),
+    }
 
 
 def test_every_alarm_notifies_the_topic_and_names_its_runbook(
