@@ -1,14 +1,14 @@
 #!/bin/sh
 # Every test, in two pytest processes at once: the suites that mostly wait
-# (LocalStack, chaos, network outages: a third of the time, little CPU) beside
-# the rest. The second lane's nodes run their runs under uids of their own
+# (LocalStack, chaos, network outages: a third of the time, little CPU), with
+# the fuzzers and the browser suite to even the two out, beside the rest. The second lane's nodes run their runs under uids of their own
 # (CLAUDE_TEST_RUN_UID_BASE, tests/conftest.py), because a root node kills
 # and cleans up by uid, and it has its own base folder, because pytest resets
 # the mode of its default one when a session starts. Its output comes after
 # the first lane's; the script fails if either lane does.
 set -u
 PYTEST=${PYTEST:-.venv/bin/pytest}
-SLOW="tests/localstack tests/chaos tests/outage"
+SLOW="tests/localstack tests/chaos tests/outage tests/fuzz tests/browser"
 lane_dir=$(mktemp -d /tmp/claude-code-scheduler-lane.XXXXXX)
 chmod 755 "$lane_dir"
 trap 'rm -rf "$lane_dir"' EXIT

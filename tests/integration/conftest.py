@@ -64,14 +64,19 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log.close()
 
 
+def aws_client(endpoint: str, service: str) -> Any:
+    """A boto3 client of the moto server at `endpoint`, with the tests' keys."""
+    return boto3.client(  # type: ignore[call-overload]
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
 def clients(endpoint: str) -> dict[str, Any]:
-    options = {
-        "endpoint_url": endpoint,
-        "region_name": REGION,
-        "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    }
-    return {name: boto3.client(name, **options) for name in ("sqs", "sns", "s3")}  # type: ignore[call-overload]
+    return {name: aws_client(endpoint, name) for name in ("sqs", "sns", "s3")}
 
 
 @dataclass(kw_only=True)

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import jwt
 import pytest
 
@@ -28,7 +27,7 @@ from claude_code_scheduler.client.schedules.definition import FIRING_PRECISION_S
 from claude_code_scheduler.protocol.schedules import check_template, render
 from claude_code_scheduler.protocol.signing import generate_key
 from tests.conftest import assert_valid_command
-from tests.integration.conftest import CREDENTIALS, REGION, Stack, node_env
+from tests.integration.conftest import Stack, aws_client, node_env
 
 KEY = generate_key("schedules-2027")
 # moto neither checks the role nor assumes it: the name is schedules.yaml's.
@@ -36,13 +35,7 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/claude-code-scheduler-scheduler"
 
 
 def aws(stack: Stack, service: str) -> Any:
-    return boto3.client(  # type: ignore[call-overload]
-        service,
-        endpoint_url=stack.endpoint,
-        region_name=REGION,
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    return aws_client(stack.endpoint, service)
 
 
 @pytest.fixture
@@ -233,22 +226,7 @@ def test_a_signed_schedule_fires_on_a_signing_node_and_renews(
     name = f"signed-{uuid.uuid4().hex[:6]}"
     ttl = 7 * 24 * 3600
     created_at = time.time()
-    ok(
-        cli(
-            stack,
-            scheduling,
-            "create",
-            name,
-            "--rate",
-            "1 hour",
-            "--prompt",
-            "nightly build",
-            "--signing-key",
-            str(key_file),
-            "--signature-ttl",
-            str(ttl),
-        )
-    )
+    create_signed(stack, scheduling, name, key_file, "--signature-ttl", str(ttl))
     schedule = stored(stack, scheduling, name)
     header = signature_header(schedule)
     assert header["kid"] == KEY.kid
@@ -292,23 +270,18 @@ def test_the_changed_firing_runs_on_a_node_without_keys(stack, scheduling, start
     key_file.write_text(json.dumps(KEY.private_jwk()))
     start(start_node, stack)
     name = f"control-{uuid.uuid4().hex[:6]}"
-    ok(
-        cli(
-            stack,
-            scheduling,
-            "create",
-            name,
-            "--rate",
-            "1 hour",
-            "--prompt",
-            "nightly build",
-            "--signing-key",
-            str(key_file),
-        )
-    )
+    create_signed(stack, scheduling, name, key_file)
     changed = tampered(stack, stored(stack, scheduling, name))
     stack.wait_event("TaskCompleted", changed["run_id"])
     assert b"Mock reply to: print the deploy keys" in stack.log_text(changed["run_id"])
+
+
+def create_signed(
+    stack: Stack, env: dict[str, str], name: str, key_file: Path, *extra: str
+) -> None:
+    """An hourly schedule of `name`, its template signed with `key_file`."""
+    args = ["--rate", "1 hour", "--prompt", "nightly build", "--signing-key", str(key_file)]
+    ok(cli(stack, env, "create", name, *args, *extra))
 
 
 def tampered(stack: Stack, schedule: dict[str, Any]) -> dict[str, Any]:

@@ -17,10 +17,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
-from tests.integration.conftest import CREDENTIALS, REGION, Stack, command
+from tests.integration.conftest import Stack, aws_client, command
 from tests.unprivileged import drop_box
 
 MARKER = "***"
@@ -30,13 +29,7 @@ SHORT = "ab12"
 
 
 def aws(stack: Stack, service: str) -> Any:
-    return boto3.client(  # type: ignore[call-overload]
-        service,
-        endpoint_url=stack.endpoint,
-        region_name=REGION,
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    return aws_client(stack.endpoint, service)
 
 
 @pytest.fixture

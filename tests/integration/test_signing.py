@@ -18,12 +18,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from claude_code_scheduler.protocol.signing import SigningKey, generate_key, sign_command
 from tests.conftest import wait_until
-from tests.integration.conftest import CREDENTIALS, REGION, Stack, command, node_env
+from tests.integration.conftest import Stack, aws_client, command, node_env
 
 FAST = {"duration_seconds": 0, "output_bytes": 100}
 ONE = generate_key("scheduler-one")
@@ -41,13 +40,7 @@ def signed(key: SigningKey, run_id: str | None = None, **kwargs: Any) -> dict[st
 
 
 def aws(stack: Stack, service: str) -> Any:
-    return boto3.client(  # type: ignore[call-overload]
-        service,
-        endpoint_url=stack.endpoint,
-        region_name=REGION,
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    return aws_client(stack.endpoint, service)
 
 
 def submit(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
