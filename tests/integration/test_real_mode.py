@@ -59,6 +59,8 @@ def test_flags_prompt_stdin_and_environment_reach_the_cli(stack, start_node, fak
         "--output-format",
         "stream-json",
         "--strict-mcp-config",
+        "--setting-sources=user",
+        "--add-dir=.",
         "--model",
         "opus",
         "--permission-mode",

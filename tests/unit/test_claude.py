@@ -26,7 +26,16 @@ from claude_code_scheduler.protocol import MockSpec, TaskSpec
 
 # --- argv -------------------------------------------------------------------------
 
-BASE_ARGV = ["claude", "-p", "--verbose", "--output-format", "stream-json", "--strict-mcp-config"]
+BASE_ARGV = [
+    "claude",
+    "-p",
+    "--verbose",
+    "--output-format",
+    "stream-json",
+    "--strict-mcp-config",
+    "--setting-sources=user",
+    "--add-dir=.",
+]
 
 
 def test_claude_argv_minimal() -> None:

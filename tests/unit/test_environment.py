@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import IN_CI
 
+from claude_code_scheduler.node.process.claude import CLAUDE_MD_ENV
 from claude_code_scheduler.node.process.environment import (
     MAX_RETRIES_VAR,
     RunDirs,
@@ -19,6 +20,9 @@ from claude_code_scheduler.node.process.isolation import RunIdentity
 from claude_code_scheduler.node.process.reaper import RUN_MARKER
 
 # --- environment ----------------------------------------------------------------
+
+# What every child environment gets unless the node's says otherwise.
+DEFAULTS = {"DISABLE_AUTOUPDATER": "1", CLAUDE_MD_ENV[0]: CLAUDE_MD_ENV[1]}
 
 
 def test_child_environment_strips_node_credentials_and_adds_task_env() -> None:
@@ -42,7 +46,7 @@ def test_child_environment_strips_node_credentials_and_adds_task_env() -> None:
         "AWS_REGION": "us-east-1",
         "ANTHROPIC_API_KEY": "sk-ant",
         "FOO": "bar",
-        "DISABLE_AUTOUPDATER": "1",
+        **DEFAULTS,
         RUN_MARKER: "r1",
     }
     assert base["AWS_ACCESS_KEY_ID"] == "AKIA...", "the node's own environment is untouched"
@@ -66,7 +70,7 @@ def test_pass_aws_credentials_keeps_them_on_purpose() -> None:
         "AWS_ACCESS_KEY_ID": "AKIA...",
         "AWS_SECRET_ACCESS_KEY": "secret",
         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc",
-        "DISABLE_AUTOUPDATER": "1",
+        **DEFAULTS,
         RUN_MARKER: "r1",
     }
 
@@ -169,7 +173,7 @@ def test_the_task_cannot_change_the_run_marker() -> None:
 def test_child_environment_strips_other_credential_sources(name: str) -> None:
     assert child_environment({name: "x", "KEEP": "y"}, {}, run_marker="r") == {
         "KEEP": "y",
-        "DISABLE_AUTOUPDATER": "1",
+        **DEFAULTS,
         RUN_MARKER: "r",
     }
 
@@ -178,4 +182,4 @@ def test_task_env_may_set_its_own_credentials() -> None:
     env = child_environment(
         {"AWS_ACCESS_KEY_ID": "node"}, {"AWS_ACCESS_KEY_ID": "task"}, run_marker="r"
     )
-    assert env == {"AWS_ACCESS_KEY_ID": "task", "DISABLE_AUTOUPDATER": "1", RUN_MARKER: "r"}
+    assert env == {"AWS_ACCESS_KEY_ID": "task", **DEFAULTS, RUN_MARKER: "r"}

@@ -27,12 +27,34 @@ SANDBOX_SETTINGS = {
 }
 
 
+BASE_FLAGS = (
+    "-p",
+    "--verbose",
+    "--output-format",
+    "stream-json",
+    "--strict-mcp-config",
+    "--setting-sources=user",
+    "--add-dir=.",
+)
+# The CLI reads CLAUDE.md from an --add-dir folder only with this set.
+CLAUDE_MD_ENV = ("CLAUDE_CODE_ADDITIONAL_DIRECTORIES_CLAUDE_MD", "1")
+
+
 def claude_argv(claude_bin: str, task: TaskSpec, *, bash_sandbox: bool = False) -> list[str]:
     # --strict-mcp-config always: in -p mode the CLI starts, unasked, the
     # servers of a workspace repository's own .mcp.json and of the run's user
     # config (FINDINGS.md), each a command of someone else's choosing. Sealed,
     # a run has the task's mcp_servers and nothing else.
-    argv = [claude_bin, "-p", "--verbose", "--output-format", "stream-json", "--strict-mcp-config"]
+    # --setting-sources=user always: the CLI reads a workspace's own
+    # .claude/settings.json and settings.local.json otherwise, and their
+    # `env` can point ANTHROPIC_BASE_URL, with the node's API key, at any host
+    # (FINDINGS.md); their hooks and permissions are someone else's too. The
+    # run's user settings are the run's own empty config folder's; the task's
+    # --settings and the machine's managed settings still apply. That also
+    # drops the workspace's CLAUDE.md, which is text for the model, not
+    # configuration: --add-dir=. with CLAUDE_MD_ENV (child_environment sets it)
+    # reads it again, and still no settings.
+    argv = [claude_bin, *BASE_FLAGS]
     settings = run_settings(task, bash_sandbox=bash_sandbox)
     if settings is not None:
         argv += ["--settings", compact_json(settings)]

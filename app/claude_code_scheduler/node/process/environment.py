@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from claude_code_scheduler.node.process.claude import CLAUDE_MD_ENV
 from claude_code_scheduler.node.process.isolation import RunIdentity
 from claude_code_scheduler.node.process.reaper import RUN_MARKER
 
@@ -145,6 +146,7 @@ def child_environment(
         )
     }
     env.setdefault(AUTOUPDATER_VAR, "1")
+    env.setdefault(*CLAUDE_MD_ENV)  # the workspace's CLAUDE.md, not its settings
     if dirs is not None:
         folders = {
             "CLAUDE_CONFIG_DIR": str(dirs.config),
