@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 from typing import Any
 
 from tests.conftest import validator
@@ -82,6 +83,15 @@ def schema_error(command: Any) -> str | None:
     # an object the CLI takes as one argument that the kernel's limit on one
     # argument cannot hold (with what the node wraps around it; the schema's
     # descriptions say so).
+    firing = command.get("schedule")
+    if firing is not None:
+        # One firing, one run id; and the pattern lets February 31 through.
+        if command["run_id"] != f"{firing['name']}-{firing['execution_id']}":
+            return "run_id: not schedule.name-execution_id"
+        try:
+            date.fromisoformat(firing["scheduled_time"][:10])
+        except ValueError:
+            return "schedule.scheduled_time: no such day"
     task = command["task"]
     shared = set(task.get("env", {})) & set(task.get("secrets", {}))
     if shared:

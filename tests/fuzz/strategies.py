@@ -13,6 +13,7 @@ import copy
 import itertools
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 from hypothesis import strategies as st
@@ -310,12 +311,39 @@ def _without_shared_names(task: dict[str, Any]) -> dict[str, Any]:
 def commands(
     *, node: bool = False, run_id: st.SearchStrategy[str] | None = None
 ) -> st.SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries(
+    """A valid command; without a `run_id` strategy, sometimes one a schedule
+    fired (its run id is then the schedule's name and the execution id)."""
+    plain = st.fixed_dictionaries(
         {
             "type": st.just("RunTask"),
             "version": st.sampled_from([1, 1.0]),
             "run_id": st.from_regex(RUN_ID_REGEX, fullmatch=True) if run_id is None else run_id,
             "task": tasks(node=node),
+        }
+    )
+    if run_id is not None:
+        return plain
+    return st.one_of(plain, st.builds(_fired, plain, firings()))
+
+
+def _fired(command: dict[str, Any], firing: dict[str, str]) -> dict[str, Any]:
+    return {**command, "run_id": f"{firing['name']}-{firing['execution_id']}", "schedule": firing}
+
+
+def firings() -> st.SearchStrategy[dict[str, str]]:
+    """A `schedule` object as EventBridge Scheduler fills one in (protocol.schedules)."""
+    times = st.builds(
+        lambda moment, fraction, zone: moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + zone,
+        st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31)),
+        st.sampled_from(["", ".5", ".123456789"]),
+        st.sampled_from(["Z", "+00:00", "-05:30", "+14:00"]),
+    )
+    return st.fixed_dictionaries(
+        {
+            "name": st.from_regex(r"[0-9A-Za-z_.-]{1,64}", fullmatch=True),
+            "execution_id": st.from_regex(r"[A-Za-z0-9._-]{1,63}", fullmatch=True),
+            "scheduled_time": times,
+            "arn": st.builds(lambda rest: "arn:" + rest, clean_text(max_size=60)),
         }
     )
 

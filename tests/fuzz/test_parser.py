@@ -18,9 +18,11 @@ from tests.conftest import assert_valid_command, assert_valid_event
 from tests.fuzz.conftest import fuzz_settings
 from tests.fuzz.oracle import RUN_ID, readable_run_ids, schema_error, unwrapped
 from tests.fuzz.strategies import (
+    RUN_ID_REGEX,
     commands,
     edged,
     finite_floats,
+    firings,
     hostile_text,
     huge_ints,
     json_documents,
@@ -117,6 +119,32 @@ def test_valid_commands_are_accepted_and_round_trip(document: dict[str, Any]) ->
 @fuzz_settings()
 @given(near_valid())
 def test_documents_close_to_valid_agree_with_the_schema(document: dict[str, Any]) -> None:
+    check_agreement(document)
+
+
+@fuzz_settings()
+@given(
+    commands(),
+    firings(),
+    st.sampled_from(["run_id", "name", "execution_id", "scheduled_time"]),
+    st.data(),
+)
+def test_a_fired_command_whose_firing_does_not_add_up_agrees_with_the_schema(
+    document: dict[str, Any], firing: dict[str, str], change: str, data: st.DataObject
+) -> None:
+    """The rules of a `schedule` object the schema cannot state (its run id is
+    its name and execution id; its day exists), each broken on its own."""
+    document = {**document, "run_id": f"{firing['name']}-{firing['execution_id']}"}
+    document["schedule"] = dict(firing)
+    if change == "run_id":
+        document["run_id"] = data.draw(st.from_regex(RUN_ID_REGEX, fullmatch=True))
+    elif change == "scheduled_time":
+        day = data.draw(st.sampled_from(["2027-02-29", "2027-02-31", "2027-04-31", "2028-02-29"]))
+        document["schedule"]["scheduled_time"] = day + firing["scheduled_time"][10:]
+    else:
+        document["schedule"][change] = data.draw(
+            st.from_regex(r"[A-Za-z0-9._-]{1,63}", fullmatch=True)
+        )
     check_agreement(document)
 
 

@@ -106,7 +106,7 @@ def test_a_fired_command_must_keep_its_run_id_to_its_firing() -> None:
         parse_command(json.dumps(fired))
     fired = fire(json.dumps(nightly()))
     fired["schedule"]["scheduled_time"] = "tomorrow"
-    with pytest.raises(InvalidCommand, match="ISO 8601"):
+    with pytest.raises(InvalidCommand, match="must be a time like"):
         parse_command(json.dumps(fired))
 
 

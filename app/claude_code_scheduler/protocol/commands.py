@@ -24,7 +24,12 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 # keeps to the run id's characters and leaves room for the longest name.
 SCHEDULE_NAME_PATTERN = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 EXECUTION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
-MAX_SCHEDULED_TIME_CHARS = 64
+# <aws.scheduler.scheduled-time> as the scheduler fills it in, e.g.
+# 2022-03-22T18:59:43Z; an offset and fractions are taken too.
+SCHEDULED_TIME_PATTERN = re.compile(
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
 MAX_SCHEDULE_ARN_CHARS = 512
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # No real variable's name comes near it; bounded so that a name can never

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date
 from typing import Any
 
 from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
@@ -30,7 +30,6 @@ from claude_code_scheduler.protocol.commands import (
     MAX_MOCK_OUTPUT_BYTES,
     MAX_RETRY_ATTEMPTS,
     MAX_SCHEDULE_ARN_CHARS,
-    MAX_SCHEDULED_TIME_CHARS,
     MAX_TASK_SECRETS,
     MAX_TIMEOUT_SECONDS,
     MAX_TOOL_PATTERN_CHARS,
@@ -40,6 +39,7 @@ from claude_code_scheduler.protocol.commands import (
     PROTOCOL_VERSION,
     RUN_ID_PATTERN,
     SCHEDULE_NAME_PATTERN,
+    SCHEDULED_TIME_PATTERN,
     SESSION_ID_PATTERN,
     TOOL_PATTERN,
     Firing,
@@ -188,12 +188,15 @@ def _firing(value: Any, run_id: str) -> Firing:
         raise InvalidCommand(
             "schedule.execution_id must be 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '-'"
         )
-    if len(fields["scheduled_time"]) > MAX_SCHEDULED_TIME_CHARS or not _is_timestamp(
-        fields["scheduled_time"]
+    if not SCHEDULED_TIME_PATTERN.fullmatch(fields["scheduled_time"]) or not _is_day(
+        fields["scheduled_time"][:10]
     ):
         got = quote(fields["scheduled_time"])
-        raise InvalidCommand(f"schedule.scheduled_time must be an ISO 8601 time, got {got}")
-    if not fields["arn"].startswith("arn:") or len(fields["arn"]) > MAX_SCHEDULE_ARN_CHARS:
+        raise InvalidCommand(
+            f"schedule.scheduled_time must be a time like 2027-01-04T09:00:00Z, got {got}"
+        )
+    check_text(fields["arn"], "schedule.arn", max_chars=MAX_SCHEDULE_ARN_CHARS)
+    if not fields["arn"].startswith("arn:"):
         raise InvalidCommand(f"schedule.arn must be an ARN, got {quote(fields['arn'])}")
     # One firing, one run id: the run id is the schedule's name and the
     # firing's execution id, so that no firing can take another's.
@@ -202,12 +205,13 @@ def _firing(value: Any, run_id: str) -> Firing:
     return Firing(**fields)
 
 
-def _is_timestamp(text: str) -> bool:
+def _is_day(text: str) -> bool:
+    """YYYY-MM-DD names a day that exists (the pattern allows February 31)."""
     try:
-        datetime.fromisoformat(text.replace("Z", "+00:00"))
+        date.fromisoformat(text)
     except ValueError:
         return False
-    return text.isascii() and text.isprintable()
+    return True
 
 
 def _parse_task(task: dict[str, Any]) -> TaskSpec:
