@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from claude_code_scheduler.aws.cancels import CancelRequest, CancelStore
+from claude_code_scheduler.protocol.events import iso
 from tests.conftest import IN_CI
 from tests.fault_proxy import FaultProxy
 from tests.gitserver import (
@@ -163,6 +166,35 @@ def test_a_clone_that_outlasts_the_run_timeout_ends_as_timeout_and_leaves_nothin
     assert ended["event_type"] == "TaskFailed", ended
     assert ended["data"]["error"]["type"] == "Timeout"
     assert ended["data"]["duration_seconds"] < 60
+    assert run_uid_processes() == [], "a git process of the run outlived it"
+
+
+def test_a_cancel_stops_a_clone_that_hangs_within_the_bound(
+    stack: Stack, start_node: Any, repo: Repository
+) -> None:
+    """The same silent server, and a run timeout far away: an operator's
+    cancel interrupts git (docs/cancel.md), the run ends Cancelled within the
+    documented 10 s, and no git process of the run is left."""
+    with git_daemon(repo.root) as server, FaultProxy(server) as link:
+        link.drop()
+        body = run({"url": f"git://127.0.0.1:{link.port}/{repo.name}"}, timeout_seconds=600)
+        start_node(stack, *NODE_ARGS)
+        stack.send(body)
+        run_id = body["run_id"]
+        stack.wait_event("TaskStarted", run_id)
+        time.sleep(2.0)  # into the clone, which the server leaves hanging
+        stack.poll_events()
+        assert stack.of("TaskFailed", run_id) == [], "the clone does not end by itself"
+        requested = time.monotonic()
+        CancelStore(stack.s3, stack.bucket).request(
+            CancelRequest(run_id, "wrong repository", "tester@integration", iso())
+        )
+        ended = terminal(stack, run_id, timeout=60)
+        # Seen on the server queue, which adds up to one long poll of 1 s.
+        assert ended["_seen_at"] - requested < 10.0 + 1.0
+    assert ended["event_type"] == "TaskFailed", ended
+    assert ended["data"]["error"]["type"] == "Cancelled"
+    assert ended["data"]["cancel"]["reason"] == "wrong repository"
     assert run_uid_processes() == [], "a git process of the run outlived it"
 
 
