@@ -147,6 +147,11 @@ def test_a_node_that_registers_shows_idle_with_its_capacity_then_busy() -> None:
     assert view["nodes"][0]["status"] == "busy"
     assert view["totals"]["nodes_busy"] == 1
     assert [run["run_id"] for run in view["runs"]] == ["r1"]
+    # Its last run's end makes it idle at once, not at its next heartbeat.
+    state.apply([node.started("r2"), node.completed("r1")], T0)
+    assert state.snapshot(T0)["nodes"][0]["status"] == "busy", "r2 still runs"
+    state.apply([node.failed("r2", ErrorType.CLAUDE_ERROR)], T0)
+    assert state.snapshot(T0)["nodes"][0]["status"] == "idle"
 
 
 def test_a_silent_node_turns_lost_and_a_deregistered_one_leaves_after_a_while() -> None:

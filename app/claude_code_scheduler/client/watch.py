@@ -287,6 +287,9 @@ class Fleet:
             node.running = [*node.running, str(data.get("run_id"))]
         elif kind in ("TaskCompleted", "TaskFailed"):
             node.running = [r for r in node.running if r != data.get("run_id")]
+            if node.status == "busy" and not node.running:
+                # Its last run ended: idle now, not at its next heartbeat.
+                node.status = "idle"
         if "tasks_completed" in data:
             node.completed, node.failed = int(data["tasks_completed"]), int(data["tasks_failed"])
         if isinstance(data.get("total_cost_usd"), int | float):
