@@ -19,7 +19,7 @@ from unit_support import (
     assert_event_valid,
     client_error,
     make_config,
-    message,
+    received_run,
 )
 
 from claude_code_scheduler.aws.cancels import CancelRequest
@@ -30,7 +30,6 @@ from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending, MessageAction, MessageLifecycle
 from claude_code_scheduler.node.outcome import RunEnd, RunOutcome, cancelled, conclude
 from claude_code_scheduler.node.process.supervisor import ProcessResult
-from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.node.workspace.steps import WorkspaceSteps
 from claude_code_scheduler.protocol import MockSpec, RunTask, TaskSpec
 from claude_code_scheduler.protocol.events import ErrorType
@@ -152,17 +151,12 @@ class Runs:
 
     def run(self, mock: MockSpec, **task: Any) -> RunOutcome:
         command = RunTask("run-1", TaskSpec(prompt="hi", mock=mock, **task))
-        received = self.messages.receive(
-            message(command.to_json(), "m-1", "r-1"), stopping=False, has_slot=True
-        )
-        assert received.command is not None
-        outcome = TaskRun(
+        outcome = received_run(
             self.config,
-            received.command,
-            1,
+            command,
+            messages=self.messages,
             outbox=self.outbox,
             logs=self.logs,
-            messages=self.messages,
             control=self.control,
             cancels=self.cancels,
             secret_source=self.secret_source,

@@ -20,7 +20,7 @@ from unit_support import (
     FakeQueue,
     client_error,
     make_config,
-    message,
+    received_run,
     schema_errors,
 )
 
@@ -48,7 +48,6 @@ from claude_code_scheduler.node.messages import MessageLifecycle
 from claude_code_scheduler.node.outcome import RunOutcome
 from claude_code_scheduler.node.process.mockcli import MOCK_COST_USD
 from claude_code_scheduler.node.records import encode_record, store_record
-from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.protocol import MockSpec, RunTask, TaskSpec
 from claude_code_scheduler.protocol.commands import Firing
 
@@ -92,10 +91,18 @@ class Run:
             TaskSpec(prompt="hi", mock=mock, name="nightly tests", task_id="t-7"),
             schedule=schedule,
         )
-        received = self.messages.receive(
-            message(command.to_json(), "m-1", "r-1", receive_count=2), stopping=False, has_slot=True
+        run = received_run(
+            self.config,
+            command,
+            messages=self.messages,
+            outbox=self.outbox,
+            logs=self.logs,
+            control=RunControl(),
+            attempt=2,
+            receive_count=2,
+            cancels=cancels,
+            sent_at=sent_at,
         )
-        assert received.command is not None
         publish = self.outbox.publish
 
         def publish_in_order(event: Any, **options: Any) -> Any:
@@ -103,17 +110,7 @@ class Run:
             return publish(event, **options)
 
         self.outbox.publish = publish_in_order  # type: ignore[method-assign]
-        outcome = TaskRun(
-            self.config,
-            received.command,
-            2,
-            outbox=self.outbox,
-            logs=self.logs,
-            messages=self.messages,
-            control=RunControl(),
-            cancels=cancels,
-            sent_at=sent_at,
-        ).execute()
+        outcome = run.execute()
         self.leases.tick()
         return outcome
 

@@ -22,7 +22,7 @@ from unit_support import (
     assert_event_valid,
     client_error,
     make_config,
-    message,
+    received_run,
 )
 
 from claude_code_scheduler import logsetup
@@ -31,7 +31,6 @@ from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending, MessageAction, MessageLifecycle
 from claude_code_scheduler.node.outbox import Delivery
 from claude_code_scheduler.node.outcome import RunOutcome
-from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.protocol import MockSpec, RunTask, TaskSpec
 from claude_code_scheduler.protocol.events import Event
 
@@ -94,17 +93,12 @@ class Harness:
     ) -> RunOutcome:
         """Runs run-1 with `environ` as the node's environment (None: the real one)."""
         command = RunTask("run-1", TaskSpec(prompt="hi", mock=mock, **task))
-        received = self.messages.receive(
-            message(command.to_json(), "m-1", "r-1"), stopping=False, has_slot=True
-        )
-        assert received.command is not None
-        run = TaskRun(
+        run = received_run(
             self.config,
-            received.command,
-            1,
+            command,
+            messages=self.messages,
             outbox=self.outbox,
             logs=self.logs,
-            messages=self.messages,
             control=self.control,
             environ=environ,
         )

@@ -20,7 +20,7 @@ from unit_support import (
     assert_event_valid,
     client_error,
     make_config,
-    message,
+    received_run,
 )
 
 from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
@@ -31,7 +31,6 @@ from claude_code_scheduler.node.control import RunControl
 from claude_code_scheduler.node.leases import LeaseKeeper
 from claude_code_scheduler.node.messages import Ending, MessageLifecycle
 from claude_code_scheduler.node.outcome import RunOutcome
-from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.node.secrets import SecretError, SecretResolver
 from claude_code_scheduler.protocol import MockSpec, RunTask, TaskSpec
 from claude_code_scheduler.redaction import MARKER
@@ -198,17 +197,12 @@ class Runs:
 
     def run(self, **task: Any) -> RunOutcome:
         command = RunTask("run-1", TaskSpec(mock=MockSpec(duration_seconds=0.0), **task))
-        received = self.messages.receive(
-            message(command.to_json(), "m-1", "r-1"), stopping=False, has_slot=True
-        )
-        assert received.command is not None
-        run = TaskRun(
+        run = received_run(
             self.config,
-            received.command,
-            1,
+            command,
+            messages=self.messages,
             outbox=self.outbox,
             logs=self.logs,
-            messages=self.messages,
             control=self.control,
             secret_source=self.source,
             clock=self.clock,

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from unit_support import FakeLogs, FakeOutbox, FakeQueue, client_error, make_config, message
+from unit_support import (
+    FakeLogs,
+    FakeOutbox,
+    FakeQueue,
+    client_error,
+    make_config,
+    received_run,
+)
 
 from claude_code_scheduler.aws.objects import DownloadStopped, ObjectTooLarge
 from claude_code_scheduler.node.artifacts import TRANSCRIPT_NAME, ArtifactLimits
@@ -28,7 +35,6 @@ from claude_code_scheduler.node.messages import Ending, MessageLifecycle
 from claude_code_scheduler.node.outcome import unresolved
 from claude_code_scheduler.node.process.environment import RunDirs
 from claude_code_scheduler.node.process.isolation import SHARED, RunIdentity
-from claude_code_scheduler.node.runs import TaskRun
 from claude_code_scheduler.node.sessions import (
     MAX_POINTER_BYTES,
     SessionError,
@@ -387,15 +393,12 @@ def run_resuming(tmp_path: Path, bucket: Bucket) -> tuple[FakeOutbox, FakeLogs]:
             resume=ResumeSpec(SESSION),
         ),
     )
-    received = lifecycle.receive(message(command.to_json()), stopping=False, has_slot=True)
-    assert received.command is not None
-    TaskRun(
+    received_run(
         make_config(tmp_path),
-        received.command,
-        1,
+        command,
+        messages=lifecycle,
         outbox=outbox,
         logs=logs,
-        messages=lifecycle,
         control=RunControl(),
         objects=bucket,
         artifact_limits=ArtifactLimits(),

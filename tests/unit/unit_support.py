@@ -20,8 +20,11 @@ import jsonschema
 from claude_code_scheduler.aws.names import parse_queue_url, parse_topic_arn
 from claude_code_scheduler.aws.queue import QueueAttributes, ReceivedMessage
 from claude_code_scheduler.node.config import NodeConfig
+from claude_code_scheduler.node.control import RunControl
+from claude_code_scheduler.node.messages import MessageLifecycle
 from claude_code_scheduler.node.outbox import Delivery
-from claude_code_scheduler.protocol import EVENT_TYPES, Event, load_schema
+from claude_code_scheduler.node.runs import TaskRun
+from claude_code_scheduler.protocol import EVENT_TYPES, Event, RunTask, load_schema
 
 QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/tasks"
 TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:control"
@@ -63,6 +66,36 @@ def message(
 ) -> ReceivedMessage:
     return ReceivedMessage(
         message_id=message_id, receipt_handle=receipt, body=body, receive_count=receive_count
+    )
+
+
+def received_run(
+    config: NodeConfig,
+    command: RunTask,
+    *,
+    messages: MessageLifecycle,
+    outbox: Any,
+    logs: Any,
+    control: RunControl,
+    attempt: int = 1,
+    receive_count: int = 1,
+    **options: Any,
+) -> TaskRun:
+    """`command`'s message received through `messages` as a node receives it,
+    and the TaskRun a node would start for it (`options`: TaskRun's own)."""
+    received = messages.receive(
+        message(command.to_json(), receive_count=receive_count), stopping=False, has_slot=True
+    )
+    assert received.command is not None
+    return TaskRun(
+        config,
+        received.command,
+        attempt,
+        outbox=outbox,
+        logs=logs,
+        messages=messages,
+        control=control,
+        **options,
     )
 
 
