@@ -89,6 +89,16 @@ def json_type(value: Any) -> str:
     return names.get(type(value), "an object" if isinstance(value, dict) else "a number")
 
 
+def optional_object(obj: dict[str, Any], key: str, where: str = "task") -> dict[str, Any] | None:
+    """An optional field that must be a JSON object when present."""
+    if key not in obj:
+        return None
+    value = obj[key]
+    if not isinstance(value, dict):
+        raise InvalidCommand(f"{where}.{key} must be an object, got {json_type(value)}")
+    return value
+
+
 def optional_number(obj: dict[str, Any], key: str, where: str = "task") -> float | None:
     if key not in obj:
         return None

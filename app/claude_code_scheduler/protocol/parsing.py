@@ -18,17 +18,14 @@ from typing import Any
 
 from claude_code_scheduler.aws.names import SecretRef, parse_secret_ref
 from claude_code_scheduler.protocol.commands import (
-    EFFORT_LEVELS,
     ENV_NAME_PATTERN,
     EXECUTION_ID_PATTERN,
     MAX_ARGUMENT_BYTES,
     MAX_ARTIFACT_PATTERN_CHARS,
     MAX_ARTIFACT_PATTERNS,
-    MAX_BUDGET_USD,
     MAX_ENV_NAME_CHARS,
     MAX_LABEL_CHARS,
     MAX_MOCK_OUTPUT_BYTES,
-    MAX_RETRY_ATTEMPTS,
     MAX_SCHEDULE_ARN_CHARS,
     MAX_TASK_SECRETS,
     MAX_TIMEOUT_SECONDS,
@@ -40,16 +37,21 @@ from claude_code_scheduler.protocol.commands import (
     RUN_ID_PATTERN,
     SCHEDULE_NAME_PATTERN,
     SCHEDULED_TIME_PATTERN,
-    SESSION_ID_PATTERN,
     TOOL_PATTERN,
     Firing,
     InvalidCommand,
     MockSpec,
-    ResumeSpec,
-    RetrySpec,
     RunTask,
     TaskSpec,
-    compact_json,
+)
+from claude_code_scheduler.protocol.controls import (
+    budget,
+    effort,
+    fallback_model,
+    json_argument,
+    mcp_servers,
+    resume,
+    retry,
 )
 from claude_code_scheduler.protocol.fields import (
     check_text,
@@ -91,8 +93,6 @@ _TASK_KEYS = frozenset(
         "resume",
     }
 )
-_RETRY_KEYS = frozenset({"max_attempts"})
-_RESUME_KEYS = frozenset({"session_id", "fork"})
 _MOCK_KEYS = frozenset({"duration_seconds", "exit_code", "output_bytes", "write_files"})
 
 
@@ -252,121 +252,19 @@ def _parse_task(task: dict[str, Any]) -> TaskSpec:
         workspace=(
             parse_workspace(task["workspace"], {*env, *secrets}) if "workspace" in task else None
         ),
-        max_budget_usd=_budget(task),
+        max_budget_usd=budget(task),
         system_prompt=optional_text(task, "system_prompt", max_bytes=MAX_ARGUMENT_BYTES),
         append_system_prompt=optional_text(
             task, "append_system_prompt", max_bytes=MAX_ARGUMENT_BYTES
         ),
-        json_schema=_json_argument(task, "json_schema"),
-        mcp_servers=_mcp_servers(task),
-        fallback_model=_fallback_model(task),
-        effort=_effort(task),
-        settings=_json_argument(task, "settings", reserved=NODE_SETTINGS_BYTES),
-        retry=_retry(task),
-        resume=_resume(task),
+        json_schema=json_argument(task, "json_schema"),
+        mcp_servers=mcp_servers(task),
+        fallback_model=fallback_model(task),
+        effort=effort(task),
+        settings=json_argument(task, "settings", reserved=NODE_SETTINGS_BYTES),
+        retry=retry(task),
+        resume=resume(task),
     )
-
-
-# --- the CLI's own controls ---------------------------------------------------
-
-
-def _budget(task: dict[str, Any]) -> float | None:
-    budget = optional_number(task, "max_budget_usd")
-    if budget is not None and not 0 < budget <= MAX_BUDGET_USD:
-        raise InvalidCommand(
-            f"task.max_budget_usd must be a positive number of US dollars, at most {MAX_BUDGET_USD}"
-        )
-    return budget
-
-
-def _effort(task: dict[str, Any]) -> str | None:
-    effort: str | None = optional(task, "effort", str)
-    if effort is not None and effort not in EFFORT_LEVELS:
-        raise InvalidCommand(
-            f"task.effort must be one of {', '.join(EFFORT_LEVELS)}; got {quote(effort)}"
-        )
-    return effort
-
-
-def _fallback_model(task: dict[str, Any]) -> str | None:
-    """One model name, or several separated by commas (the CLI's --fallback-model
-    takes a list), each a model name as task.model is."""
-    value = optional_text(task, "fallback_model", max_chars=MAX_LABEL_CHARS)
-    if value is None:
-        return None
-    if not all(MODEL_PATTERN.fullmatch(name) for name in value.split(",")):
-        raise InvalidCommand(
-            f"task.fallback_model {quote(value)} is not a model name, or a comma-separated "
-            "list of them (letters, digits and ._:/@[]-, each starting with a letter or digit)"
-        )
-    return value
-
-
-def _json_argument(task: dict[str, Any], key: str, *, reserved: int = 0) -> dict[str, Any] | None:
-    """An object the CLI takes as one argument of compact JSON, with `reserved`
-    bytes of that argument left for what the node wraps around it."""
-    if key not in task:
-        return None
-    value = task[key]
-    if not isinstance(value, dict):
-        raise InvalidCommand(f"task.{key} must be an object, got {json_type(value)}")
-    try:
-        size = len(compact_json(value))
-    except RecursionError:
-        raise InvalidCommand(f"task.{key} is nested too deeply") from None
-    if size > MAX_ARGUMENT_BYTES - reserved:
-        raise InvalidCommand(
-            f"task.{key} must be at most {MAX_ARGUMENT_BYTES - reserved} bytes as compact "
-            f"JSON (the kernel's limit on one argument of a process), got {size}"
-        )
-    return value
-
-
-def _mcp_servers(task: dict[str, Any]) -> dict[str, Any] | None:
-    # --mcp-config takes {"mcpServers": ...} in one argument.
-    servers = _json_argument(task, "mcp_servers", reserved=len(compact_json({"mcpServers": {}})))
-    for name, config in (servers or {}).items():
-        if not isinstance(config, dict):
-            raise InvalidCommand(
-                f"task.mcp_servers[{quote(name)}] must be an object (a server's config), "
-                f"got {json_type(config)}"
-            )
-    return servers
-
-
-def _retry(task: dict[str, Any]) -> RetrySpec | None:
-    if "retry" not in task:
-        return None
-    value = task["retry"]
-    if not isinstance(value, dict):
-        raise InvalidCommand(f"task.retry must be an object, got {json_type(value)}")
-    reject_unknown(value, _RETRY_KEYS, "task.retry")
-    if "max_attempts" not in value:
-        raise InvalidCommand("task.retry must have max_attempts")
-    attempts: int = optional(value, "max_attempts", int, "task.retry")
-    if not 1 <= attempts <= MAX_RETRY_ATTEMPTS:
-        raise InvalidCommand(f"task.retry.max_attempts must be from 1 to {MAX_RETRY_ATTEMPTS}")
-    return RetrySpec(max_attempts=attempts)
-
-
-def _resume(task: dict[str, Any]) -> ResumeSpec | None:
-    if "resume" not in task:
-        return None
-    value = task["resume"]
-    if not isinstance(value, dict):
-        raise InvalidCommand(f"task.resume must be an object, got {json_type(value)}")
-    reject_unknown(value, _RESUME_KEYS, "task.resume")
-    session_id = optional(value, "session_id", str, "task.resume")
-    if session_id is None:
-        raise InvalidCommand("task.resume must have session_id")
-    if not SESSION_ID_PATTERN.fullmatch(session_id):
-        raise InvalidCommand(
-            f"task.resume.session_id {quote(session_id)} is not a session id (a lowercase UUID)"
-        )
-    fork = value.get("fork", False)
-    if not isinstance(fork, bool):
-        raise InvalidCommand(f"task.resume.fork must be a boolean, got {json_type(fork)}")
-    return ResumeSpec(session_id=session_id, fork=fork)
 
 
 # --- text ------------------------------------------------------------------------
