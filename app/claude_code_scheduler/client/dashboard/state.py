@@ -143,6 +143,7 @@ def _number(value: Any) -> float | None:
 
 
 def _cost(data: dict[str, Any]) -> float | None:
+    """usage.total_cost_usd of a terminal event's data, or of a run record."""
     usage = data.get("usage")
     return _number(usage.get("total_cost_usd")) if isinstance(usage, dict) else None
 
@@ -399,7 +400,6 @@ def _row_of_record(record: dict[str, Any]) -> EndedAttempt | None:
         return None
     attempt = record.get("attempt")
     completed = record.get("outcome") == EventType.TASK_COMPLETED
-    usage = record.get("usage")
     return EndedAttempt(
         run_id=run_id,
         attempt=attempt if isinstance(attempt, int) else None,
@@ -408,7 +408,7 @@ def _row_of_record(record: dict[str, Any]) -> EndedAttempt | None:
         outcome="Completed" if completed else str(record.get("error_type")),
         retried=record.get("retryable") is True,
         duration_seconds=_number(record.get("duration_seconds")),
-        cost_usd=_number(usage.get("total_cost_usd")) if isinstance(usage, dict) else None,
+        cost_usd=_cost(record),
         ended_at=ended,
         from_record=True,
     )
