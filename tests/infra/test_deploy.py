@@ -26,16 +26,6 @@ SEED_OUTPUTS = {
 
 
 @pytest.fixture(scope="module")
-def messaging() -> dict[str, Any]:
-    return support.cfn_template(support.MESSAGING)
-
-
-@pytest.fixture(scope="module")
-def ecs_service() -> dict[str, Any]:
-    return support.cfn_template(support.ECS_SERVICE)
-
-
-@pytest.fixture(scope="module")
 def container_cfn(ecs_service: dict[str, Any]) -> dict[str, Any]:
     (task,) = support.resources(ecs_service, "AWS::ECS::TaskDefinition").values()
     (container,) = task["ContainerDefinitions"]

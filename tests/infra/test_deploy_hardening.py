@@ -6,24 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.infra import support
 
 RETAINED = {
     support.MESSAGING: {"AWS::SQS::Queue", "AWS::S3::Bucket"},
     support.ECS_SERVICE: {"AWS::Logs::LogGroup", "AWS::ECR::Repository"},
 }
-
-
-@pytest.fixture(scope="module")
-def messaging() -> dict[str, Any]:
-    return support.cfn_template(support.MESSAGING)
-
-
-@pytest.fixture(scope="module")
-def ecs_service() -> dict[str, Any]:
-    return support.cfn_template(support.ECS_SERVICE)
 
 
 def test_queues_bucket_log_group_and_images_outlive_their_stack() -> None:

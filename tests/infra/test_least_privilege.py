@@ -251,11 +251,6 @@ def test_the_walk_finds_the_calls_it_is_meant_to_find() -> None:
 
 
 @pytest.fixture(scope="module")
-def messaging() -> dict[str, Any]:
-    return support.cfn_template(support.MESSAGING)
-
-
-@pytest.fixture(scope="module")
 def node_policy_cfn(messaging: dict[str, Any]) -> dict[str, Any]:
     (policy,) = support.resources(messaging, "AWS::IAM::ManagedPolicy").values()
     return dict(policy["PolicyDocument"])
